@@ -1,0 +1,5 @@
+"""Entry point for ``python -m metarch``."""
+
+from metarch.cli.app import main
+
+main()

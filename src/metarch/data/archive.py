@@ -1,0 +1,111 @@
+"""Read the files of a data set the same way from a zip archive or an extracted folder."""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from metarch.errors import DataError
+
+__all__ = ["DirectoryTree", "FileTree", "ZipTree", "open_tree"]
+
+
+class FileTree(ABC):
+    """Files of one data set, named by POSIX paths relative to the set's top folder."""
+
+    source: Path
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Relative paths of all regular files, sorted."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes:
+        """Bytes of one file.
+
+        Raises:
+            DataError: If the file cannot be read (corrupt archive member, I/O error).
+        """
+
+    def where(self, name: str) -> str:
+        """Human-readable location of a file, for error messages."""
+        return f"{self.source}:{name}" if self.source.is_file() else str(self.source / name)
+
+    def close(self) -> None:
+        """Release any open handle."""
+
+    def __enter__(self) -> FileTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ZipTree(FileTree):
+    """Members of a zip archive below ``prefix`` (for example ``images_background/``)."""
+
+    def __init__(self, source: Path, prefix: str = "") -> None:
+        self.source = source
+        self.prefix = prefix
+        try:
+            self._zip = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(
+                f"{source} is not a readable zip archive ({exc}); it is truncated or corrupt: "
+                "download it again"
+            ) from exc
+        self._names = sorted(
+            info.filename[len(prefix) :]
+            for info in self._zip.infolist()
+            if not info.is_dir() and info.filename.startswith(prefix)
+        )
+
+    def names(self) -> list[str]:  # noqa: D102
+        return list(self._names)
+
+    def read(self, name: str) -> bytes:  # noqa: D102
+        try:
+            return self._zip.read(self.prefix + name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+            raise DataError(
+                f"{self.where(name)}: cannot read archive member ({exc}); the archive is "
+                "corrupt or truncated: download it again"
+            ) from exc
+
+    def close(self) -> None:  # noqa: D102
+        self._zip.close()
+
+
+class DirectoryTree(FileTree):
+    """Regular files below a folder."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self._names = sorted(
+            p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()
+        )
+
+    def names(self) -> list[str]:  # noqa: D102
+        return list(self._names)
+
+    def read(self, name: str) -> bytes:  # noqa: D102
+        try:
+            return (self.source / name).read_bytes()
+        except OSError as exc:
+            raise DataError(f"{self.where(name)}: cannot read file ({exc})") from exc
+
+
+def open_tree(source: Path, top_folder: str) -> FileTree:
+    """Open a zip archive (whose members sit below ``top_folder/``) or a folder."""
+    if source.is_dir():
+        return DirectoryTree(source)
+    tree = ZipTree(source, prefix=f"{top_folder}/")
+    if not tree.names():
+        tree.close()
+        raise DataError(
+            f"{source} has no files below '{top_folder}/'; expected the official layout "
+            f"'{top_folder}/<...>' inside the archive"
+        )
+    return tree

@@ -1,0 +1,130 @@
+"""Data set formats behind one small interface, found by name in :data:`DATA_FORMATS`.
+
+A format knows how to *discover* its data sets below a data root (cheaply: from file
+listings, without decoding images) and how to *load* one of them as an
+:class:`~metarch.data.base.ImageClassDataset`. ``metarch data info`` lists what every
+registered format discovers; ``--set NAME`` anywhere in the CLI loads the named set.
+
+To add a format: subclass :class:`DataFormat` in its own module under ``metarch/data`` and
+decorate it with ``@DATA_FORMATS.register("name")``; import the module in
+``metarch/data/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metarch.data.base import ImageClassDataset
+from metarch.errors import DataError
+from metarch.registry import Registry
+
+__all__ = [
+    "DATA_FORMATS",
+    "DataFormat",
+    "DatasetSummary",
+    "discover_datasets",
+    "load_image_set",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """What ``metarch data info`` reports for one data set found below a data root.
+
+    Attributes:
+        name: Set name used by ``--set`` (``background``, ``lake_runs``, a folder name, ...).
+        format: Registered format name.
+        path: Archive or folder it was found at.
+        alphabets: Number of alphabets (Omniglot-like sets), else ``None``.
+        classes: Number of classes.
+        images: Number of images.
+        runs: Number of one-shot runs (Lake's runs only), else ``None``.
+        details: Format-specific facts (for example per-split counts).
+    """
+
+    name: str
+    format: str
+    path: Path
+    alphabets: int | None
+    classes: int
+    images: int
+    runs: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict; ``runs`` only appears for sets that have runs."""
+        data = asdict(self)
+        data["path"] = str(self.path)
+        if self.runs is None:
+            del data["runs"]
+        if not self.details:
+            del data["details"]
+        return data
+
+
+class DataFormat(ABC):
+    """One on-disk data set format."""
+
+    #: Registered name of the format.
+    name: str = ""
+
+    @abstractmethod
+    def discover(self, root: Path) -> list[DatasetSummary]:
+        """Summaries of every set of this format found in ``root`` (no image decoding)."""
+
+    @abstractmethod
+    def load(
+        self,
+        summary: DatasetSummary,
+        *,
+        image_size: int,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> ImageClassDataset:
+        """Decode (or read from the cache) a set found by :meth:`discover`."""
+
+
+DATA_FORMATS: Registry[type[DataFormat]] = Registry("data format")
+
+
+def discover_datasets(root: Path) -> list[DatasetSummary]:
+    """Every data set that any registered format finds below ``root``.
+
+    Raises:
+        DataError: If ``root`` is not a folder.
+    """
+    if not root.is_dir():
+        raise DataError(
+            f"data root {root} is not a folder; pass --data-root DIR or set METARCH_DATA"
+        )
+    found: list[DatasetSummary] = []
+    for _, format_class in DATA_FORMATS.items():
+        found.extend(format_class().discover(root))
+    return found
+
+
+def load_image_set(
+    name: str,
+    root: Path,
+    *,
+    image_size: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> ImageClassDataset:
+    """Load the set called ``name`` below ``root``, whatever its format.
+
+    Raises:
+        DataError: If no format finds a set of that name (the message lists those found).
+    """
+    summaries = discover_datasets(root)
+    for summary in summaries:
+        if summary.name == name:
+            data_format = DATA_FORMATS.get(summary.format)()
+            return data_format.load(summary, image_size=image_size, cache_dir=cache_dir)
+    found = ", ".join(s.name for s in summaries) or "none"
+    raise DataError(
+        f"no data set named {name!r} in {root} (found: {found}); "
+        "run 'metarch data info --data-root DIR' to list what is there"
+    )
