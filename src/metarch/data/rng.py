@@ -1,0 +1,101 @@
+"""Counter-based random numbers: every draw is a pure function of (key, stream, position).
+
+Episode sampling needs two things at once: each task must be a pure function of
+``(seed, task_index)`` (reproducible across processes, resumable, independent of global
+RNG state), and a batch of tasks must be drawn with a handful of vectorised numpy calls
+rather than one generator object per task. A counter-based generator gives both: the
+``j``-th number of stream ``s`` of task key ``k`` is ``mix(k + (s * 2**32 + j + 1) * G)``,
+where ``mix`` is the SplitMix64 finaliser and ``G`` the 64-bit golden ratio (SplitMix64's
+own increment), so a whole ``(tasks, n)`` block is a few array operations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["sample_without_replacement", "task_keys", "uniform"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_MUL2 = np.uint64(0x94D049BB133111EB)
+_TWO_POW_MINUS_53 = 2.0**-53
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MUL1
+    z = (z ^ (z >> np.uint64(27))) * _MUL2
+    return z ^ (z >> np.uint64(31))
+
+
+def task_keys(seed: int, task_indices: np.ndarray) -> np.ndarray:
+    """One well-mixed 64-bit key per task, from the stream seed and the task's index."""
+    seed_key = _mix(np.asarray([seed], dtype=np.uint64) * _GOLDEN + _GOLDEN)
+    return _mix(seed_key ^ _mix(np.asarray(task_indices, dtype=np.uint64) + _GOLDEN))
+
+
+def uniform(keys: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform floats in [0, 1), shape ``keys.shape + shape``, from stream ``stream``.
+
+    Args:
+        keys: uint64 keys (for example from :func:`task_keys`), any shape.
+        stream: Independent stream number (0 .. 2**31), one per purpose.
+        shape: Shape of the block drawn for every key.
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    counters = np.arange(1, size + 1, dtype=np.uint64) + np.uint64(stream << 32)
+    z = keys.reshape(*keys.shape, 1) + counters * _GOLDEN
+    bits = _mix(z) >> np.uint64(11)
+    return (bits.astype(np.float64) * _TWO_POW_MINUS_53).reshape(*keys.shape, *shape)
+
+
+def sample_without_replacement(
+    keys: np.ndarray, stream: int, population: np.ndarray, count: int
+) -> np.ndarray:
+    """For each key, ``count`` distinct positions from ``range(population[i])``, in random order.
+
+    Small draws from large populations take random candidates and drop repeats; other
+    draws sort random keys (a random permutation). Both are pure functions of the inputs.
+
+    Args:
+        keys: uint64 keys, shape ``(R,)``.
+        stream: Stream number for :func:`uniform`.
+        population: Population size of each row, shape ``(R,)``, every entry ``>= count``.
+        count: Positions per row.
+
+    Returns:
+        int64 positions, shape ``(R, count)``.
+    """
+    rows = len(keys)
+    population = np.asarray(population, dtype=np.int64)
+    if rows == 0 or count == 0:
+        return np.zeros((rows, count), dtype=np.int64)
+    smallest = int(population.min())
+    if count * 4 <= smallest and smallest > 64:
+        candidates = count + 8 + 2 * int(np.sqrt(count))
+        picks = _distinct_candidates(keys, stream, population, count, candidates)
+        if picks is not None:
+            return picks
+    largest = int(population.max())
+    scores = uniform(keys, stream + 1, (largest,))
+    if smallest != largest:
+        # Positions past a row's population sort last and are never picked.
+        scores[np.arange(largest)[None, :] >= population[:, None]] = np.inf
+    if count < largest:
+        part = np.argpartition(scores, count - 1, axis=1)[:, :count]
+        order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1)
+        return np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return np.argsort(scores, axis=1).astype(np.int64)
+
+
+def _distinct_candidates(
+    keys: np.ndarray, stream: int, population: np.ndarray, count: int, candidates: int
+) -> np.ndarray | None:
+    """First ``count`` distinct values among random candidates, or None if a row falls short."""
+    values = (uniform(keys, stream, (candidates,)) * population[:, None]).astype(np.int64)
+    equal = values[:, :, None] == values[:, None, :]
+    repeat = np.tril(equal, k=-1).any(axis=2)
+    if int((~repeat).sum(axis=1).min()) < count:
+        return None
+    first = np.argsort(repeat, axis=1, kind="stable")[:, :count]
+    return np.take_along_axis(values, first, axis=1)
