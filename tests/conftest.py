@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the shared data folder and an isolated cache per test."""
+"""Shared pytest fixtures: the shared data folder and isolated caches."""
 
 from __future__ import annotations
 
@@ -6,13 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from metarch.data.omniglot import OmniglotSet, load_omniglot
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decode cache shared by the tests of one session (real sets decode once)."""
+    return tmp_path_factory.mktemp("metarch-session-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the decode cache at a per-session temporary folder, never the user's cache."""
-    cache = tmp_path_factory.getbasetemp() / "metarch-cache"
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the default decode cache at a per-test folder, never the user's cache."""
+    cache = tmp_path / "metarch-cache"
     monkeypatch.setenv("METARCH_CACHE", str(cache))
     return cache
 
@@ -23,3 +31,9 @@ def shared_data_root() -> Path:
     if not (SHARED_DATA / "omniglot" / "images_background.zip").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA} (needs omniglot/images_background.zip)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def background(shared_data_root: Path, session_cache: Path) -> OmniglotSet:
+    """The real Omniglot background set at 28x28, decoded once per session."""
+    return load_omniglot("background", shared_data_root, cache_dir=session_cache)
