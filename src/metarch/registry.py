@@ -67,9 +67,7 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._members)) or "none"
             close = difflib.get_close_matches(name, self._members, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint}; known: {known}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}; known: {known}") from None
 
     def names(self) -> list[str]:
         """Registered names, in registration order."""

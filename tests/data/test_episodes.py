@@ -42,7 +42,7 @@ def test_shapes_labels_and_ranges(background: OmniglotSet) -> None:
     assert batch.support_images.shape == (4, 10, 1, 28, 28)
     assert batch.query_images.shape == (4, 15, 1, 28, 28)
     assert batch.support_images.dtype == torch.float32
-    assert 0.0 <= float(batch.support_images.min()) and float(batch.support_images.max()) <= 1.0
+    assert float(batch.support_images.min()) >= 0.0 and float(batch.support_images.max()) <= 1.0
     assert batch.support_labels.tolist() == [[0, 0, 1, 1, 2, 2, 3, 3, 4, 4]] * 4
     assert batch.query_labels[0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
     assert batch.entries.shape == (4, 5)
@@ -57,8 +57,12 @@ def test_support_and_query_never_share_an_image(background: OmniglotSet) -> None
         for t in range(batch.num_tasks):
             turns = pool.rotations[batch.entries[t].numpy()]
             # An image is identified by its index in the set and the rotation applied.
-            support = set(zip(batch.support_image_ids[t].tolist(), np.repeat(turns, 5).tolist()))
-            query = set(zip(batch.query_image_ids[t].tolist(), np.repeat(turns, 15).tolist()))
+            support = set(
+                zip(batch.support_image_ids[t].tolist(), np.repeat(turns, 5).tolist(), strict=True)
+            )
+            query = set(
+                zip(batch.query_image_ids[t].tolist(), np.repeat(turns, 15).tolist(), strict=True)
+            )
             assert len(support) == 100 and len(query) == 300
             assert not support & query
 
@@ -113,7 +117,9 @@ def test_batches_are_slices_of_one_task_stream(small_set: OmniglotSet) -> None:
 
 
 def test_identical_across_processes(fixture_root: Path, small_set: OmniglotSet) -> None:
-    here = _digest(EpisodeSampler(ClassPool.whole(small_set).with_rotations(), 5, 1, 3, seed=9).sample(6, 2))
+    here = _digest(
+        EpisodeSampler(ClassPool.whole(small_set).with_rotations(), 5, 1, 3, seed=9).sample(6, 2)
+    )
     script = (
         "import hashlib, sys\n"
         "from metarch.data.omniglot import load_omniglot\n"
@@ -160,12 +166,17 @@ def test_within_alphabet_on_real_held_out_alphabets(background: OmniglotSet) -> 
     [
         ({"ways": 15}, "15-way episodes need at least 15 classes, but pool 'background' has 14"),
         ({"shots": 10, "queries": 11}, "21 images per class, but class .* has only 20"),
-        ({"ways": 7, "within_group": True}, "alphabet with at least 7 classes; the largest .* has 6"),
+        (
+            {"ways": 7, "within_group": True},
+            "alphabet with at least 7 classes; the largest .* has 6",
+        ),
         ({"ways": 0}, "need ways >= 1"),
         ({"seed": -1}, "seed must be a non-negative integer"),
     ],
 )
-def test_impossible_requests(small_set: OmniglotSet, kwargs: dict[str, object], message: str) -> None:
+def test_impossible_requests(
+    small_set: OmniglotSet, kwargs: dict[str, object], message: str
+) -> None:
     arguments: dict[str, object] = {"ways": 5, "shots": 1, "queries": 1} | kwargs
     with pytest.raises(EpisodeError, match=message):
         EpisodeSampler(ClassPool.whole(small_set), **arguments)  # type: ignore[arg-type]

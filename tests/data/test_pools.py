@@ -80,7 +80,9 @@ def test_split_file_lines_without_rotation(small_set: OmniglotSet, tmp_path: Pat
         ("# nothing\n", "lists no classes"),
     ],
 )
-def test_split_file_errors(small_set: OmniglotSet, tmp_path: Path, content: str, message: str) -> None:
+def test_split_file_errors(
+    small_set: OmniglotSet, tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "split.txt"
     path.write_text(content)
     with pytest.raises(DataError, match=message):

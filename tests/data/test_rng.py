@@ -19,14 +19,16 @@ def test_uniform_is_a_pure_function_of_key_stream_and_position() -> None:
 
 def test_uniform_looks_uniform() -> None:
     values = uniform(task_keys(0, np.arange(1000)), 0, (100,)).ravel()
-    assert 0.0 <= values.min() and values.max() < 1.0
+    assert values.min() >= 0.0 and values.max() < 1.0
     counts = np.histogram(values, bins=10, range=(0, 1))[0]
     expected = len(values) / 10
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 30.0  # 9 degrees of freedom; p ~ 4e-4
 
 
-@pytest.mark.parametrize(("population", "count"), [(3856, 5), (3856, 20), (20, 20), (55, 20), (600, 16)])
+@pytest.mark.parametrize(
+    ("population", "count"), [(3856, 5), (3856, 20), (20, 20), (55, 20), (600, 16)]
+)
 def test_sample_without_replacement_is_distinct_and_in_range(population: int, count: int) -> None:
     keys = task_keys(1, np.arange(500))
     picks = sample_without_replacement(keys, 0, np.full(500, population), count)

@@ -1,0 +1,1 @@
+"""The ``metarch`` command-line interface."""

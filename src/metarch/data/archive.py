@@ -33,7 +33,7 @@ class FileTree(ABC):
         """Human-readable location of a file, for error messages."""
         return f"{self.source}:{name}" if self.source.is_file() else str(self.source / name)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: folders hold no handle)
         """Release any open handle."""
 
     def __enter__(self) -> FileTree:
@@ -97,11 +97,31 @@ class DirectoryTree(FileTree):
             raise DataError(f"{self.where(name)}: cannot read file ({exc})") from exc
 
 
-def open_tree(source: Path, top_folder: str) -> FileTree:
-    """Open a zip archive (whose members sit below ``top_folder/``) or a folder."""
+def open_tree(source: Path, top_folder: str, *, optional_top: bool = False) -> FileTree:
+    """Open a zip archive (whose members sit below ``top_folder/``) or a folder.
+
+    Args:
+        source: Zip archive or extracted folder.
+        top_folder: Folder that holds the set's files inside the archive.
+        optional_top: Accept archives whose files sit at the top level as well (some
+            official archives, such as Lake's ``all_runs.zip``, circulate in both forms):
+            ``top_folder/`` is used when any member lies below it, else the top level. A
+            folder that contains a ``top_folder/`` subfolder (an archive extracted into a
+            folder of the same name) is read from that subfolder.
+
+    Raises:
+        DataError: If the archive is unreadable, or (unless ``optional_top``) has no files
+            below ``top_folder/``.
+    """
     if source.is_dir():
+        if optional_top and (source / top_folder).is_dir():
+            return DirectoryTree(source / top_folder)
         return DirectoryTree(source)
-    tree = ZipTree(source, prefix=f"{top_folder}/")
+    prefix = f"{top_folder}/"
+    tree = ZipTree(source, prefix=prefix)
+    if optional_top and not tree.names():
+        tree.close()
+        return ZipTree(source)
     if not tree.names():
         tree.close()
         raise DataError(

@@ -159,7 +159,9 @@ class EpisodeSampler:
                 row[: len(member)] = member
         self._np_dtype = _NUMPY_DTYPES.get(dtype)
         if self._np_dtype is None:
-            raise EpisodeError(f"dtype must be one of {sorted(map(str, _NUMPY_DTYPES))}, got {dtype}")
+            raise EpisodeError(
+                f"dtype must be one of {sorted(map(str, _NUMPY_DTYPES))}, got {dtype}"
+            )
         dataset = pool.dataset
         self._sizes = pool.class_sizes
         self._dataset_offsets = dataset.class_offsets[pool.classes]
@@ -198,7 +200,8 @@ class EpisodeSampler:
         positions = sample_without_replacement(
             keys, _CLASS_STREAM, self._group_sizes[groups], self.ways
         )
-        return self._group_members[groups[:, None], positions]
+        entries: np.ndarray = self._group_members[groups[:, None], positions]
+        return entries
 
     def tasks(self, task_indices: np.ndarray | range | list[int]) -> EpisodeBatch:
         """The episodes with the given stream indices, batched in that order."""
@@ -249,4 +252,6 @@ class EpisodeSampler:
 def _row_keys(keys: np.ndarray, rows_per_key: int) -> np.ndarray:
     """Distinct keys for the ``rows_per_key`` rows (classes) of each task, flattened."""
     rows = np.arange(rows_per_key, dtype=np.uint64)
-    return task_keys(0, (keys[:, None] ^ (rows[None, :] * np.uint64(0x9E3779B97F4A7C15))).reshape(-1))
+    return task_keys(
+        0, (keys[:, None] ^ (rows[None, :] * np.uint64(0x9E3779B97F4A7C15))).reshape(-1)
+    )

@@ -66,7 +66,9 @@ OMNIGLOT_SETS: dict[str, OmniglotSetInfo] = {
     )
 }
 
-_MEMBER = re.compile(r"^(?P<alphabet>[^/]+)/(?P<character>character\d+)/(?P<id>\d+)_(?P<drawer>\d+)\.png$")
+_MEMBER = re.compile(
+    r"^(?P<alphabet>[^/]+)/(?P<character>character\d+)/(?P<id>\d+)_(?P<drawer>\d+)\.png$"
+)
 _IGNORED = re.compile(r"(^|/)(\.DS_Store|Thumbs\.db|__MACOSX/.*|\._.*)$")
 
 

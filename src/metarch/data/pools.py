@@ -142,7 +142,8 @@ class ClassPool:
     @cached_property
     def class_sizes(self) -> np.ndarray:
         """Number of images of each entry's class."""
-        return self.dataset.class_sizes[self.classes]
+        sizes: np.ndarray = self.dataset.class_sizes[self.classes]
+        return sizes
 
     def write_split_file(self, path: str | os.PathLike[str]) -> None:
         """Write the entries as a split file (atomically), one per line."""

@@ -1,0 +1,70 @@
+"""The ``metarch`` command: one entry point, one sub-application per domain.
+
+Errors a user can cause are :class:`~metarch.errors.MetarchError`; they are printed as one
+line on stderr with exit status 2. ``--debug`` (anywhere on the command line, or
+``METARCH_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from metarch import __version__
+from metarch.cli import data as data_commands
+from metarch.cli import demo as demo_command
+from metarch.errors import MetarchError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="metarch",
+    help="Meta-learned architecture design: few-shot data, meta-learners and meta-NAS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_commands.app, name="data")
+app.command("demo")(demo_command.demo)
+
+EXIT_USER_ERROR = 2
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"metarch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks for errors (also accepted after a subcommand)."
+    ),
+) -> None:
+    """Meta-learned architecture design: few-shot data, meta-learners and meta-NAS."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("METARCH_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        # Standalone mode handles usage errors, --help and exit codes; user errors of ours
+        # propagate out of it and are reported here.
+        app(args=args, prog_name="metarch")
+    except MetarchError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)

@@ -1,0 +1,147 @@
+"""``metarch data ...``: inspect, download, split and draw few-shot data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.data.download import ARCHIVES, download_omniglot
+from metarch.data.episodes import EpisodeSampler
+from metarch.data.formats import discover_datasets, load_image_set
+from metarch.data.pools import ClassPool, alphabet_split
+from metarch.data.resolve import load_pool
+from metarch.errors import DataError
+from metarch.reports.episodes import save_episode_grid
+
+__all__ = ["app"]
+
+_DOWNLOAD_HELP = f"What to fetch (repeatable): {', '.join(ARCHIVES)}."
+
+app = typer.Typer(help="Inspect, download, split and draw few-shot data.", no_args_is_help=True)
+
+
+@app.command("info")
+def info(
+    data_root: Path | None = DATA_ROOT_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """List the data sets found in the data root."""
+    root = data_root_from(data_root)
+    found = discover_datasets(root)
+    if as_json:
+        typer.echo(json.dumps({"data_root": str(root), "datasets": [s.to_json() for s in found]}))
+        return
+    console = Console()
+    if not found:
+        console.print(f"No data sets found in {root}. Try 'metarch data download'.")
+        return
+    table = Table(title=f"Data sets in {root}")
+    for column in ("name", "format", "alphabets", "classes", "images", "runs", "path"):
+        table.add_column(column, justify="right" if column in {"classes", "images"} else "left")
+    for s in found:
+        table.add_row(
+            s.name,
+            s.format,
+            "" if s.alphabets is None else str(s.alphabets),
+            f"{s.classes:,}",
+            f"{s.images:,}",
+            "" if s.runs is None else str(s.runs),
+            str(s.path),
+        )
+    console.print(table)
+
+
+@app.command("episodes")
+def episodes(
+    set_name: str = typer.Option(
+        "background", "--set", help="Set name, SET:PART of a named split, or a split file."
+    ),
+    out: Path = typer.Option(Path("episodes.png"), "--out", help="PNG file to write."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+    ways: int = typer.Option(5, "--ways", help="Classes per episode (N)."),
+    shots: int = typer.Option(1, "--shots", help="Support images per class (K)."),
+    queries: int = typer.Option(5, "--queries", help="Query images per class (Q)."),
+    count: int = typer.Option(3, "--episodes", help="Episodes to draw."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the episode stream."),
+    within_alphabet: bool = typer.Option(
+        False, "--within-alphabet", help="Draw all classes of an episode from one alphabet."
+    ),
+    rotations: bool = typer.Option(
+        False, "--rotations", help="Add 90/180/270-degree rotations as extra classes."
+    ),
+    image_size: int = typer.Option(28, "--image-size", help="Side of the decoded images."),
+) -> None:
+    """Draw sample episodes from a class pool into a PNG."""
+    if out.suffix.lower() != ".png":
+        raise DataError(f"--out must name a .png file, got {out}")
+    if count < 1:
+        raise DataError(f"--episodes must be at least 1, got {count}")
+    pool = load_pool(
+        set_name, data_root_from(data_root), image_size=image_size, rotations=rotations
+    )
+    sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
+    batch = sampler.sample(tasks=count)
+    names = [[pool.entry_names[e] for e in row] for row in batch.entries.tolist()]
+    mode = " within-alphabet" if within_alphabet else ""
+    title = f"{pool.name}: {ways}-way {shots}-shot{mode}, {queries} queries, seed {seed}"
+    save_episode_grid(batch, out, title=title, class_names=names, max_episodes=count)
+    typer.echo(f"wrote {count} episodes ({title}) to {out}")
+
+
+@app.command("download")
+def download(
+    data_root: Path | None = DATA_ROOT_OPTION,
+    sets: list[str] = typer.Option(
+        ["background", "evaluation", "lake_runs"],
+        "--set",
+        help=_DOWNLOAD_HELP,
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per connection attempt."),
+) -> None:
+    """Download the official Omniglot archives (and Lake's runs) into DATA_ROOT/omniglot."""
+    root = data_root_from(data_root)
+    for path in download_omniglot(root, sets, timeout=timeout):
+        typer.echo(f"ok {path}")
+
+
+@app.command("split")
+def split(
+    set_name: str = typer.Option("background", "--set", help="Set whose alphabets are split."),
+    parts: list[str] = typer.Option(
+        ["train=-1", "val=5", "test=5"],
+        "--part",
+        help="PART=ALPHABETS (repeatable); -1 takes the alphabets the others leave.",
+    ),
+    min_classes: list[str] = typer.Option(
+        [], "--min-classes", help="PART=N: alphabets of PART need at least N characters."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed."),
+    out: Path = typer.Option(Path("splits"), "--out", help="Folder for SET-PART.txt files."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+) -> None:
+    """Write an alphabet-disjoint split of a set as split files (deterministic from the seed)."""
+    sizes = _key_values(parts, "--part")
+    dataset = load_image_set(set_name, data_root_from(data_root), image_size=28)
+    split_parts = alphabet_split(
+        dataset, sizes, seed=seed, min_classes=_key_values(min_classes, "--min-classes")
+    )
+    for part, alphabets in split_parts.items():
+        path = out / f"{set_name}-{part}.txt"
+        ClassPool.from_groups(dataset, alphabets).write_split_file(path)
+        typer.echo(f"{path}: {len(alphabets)} alphabets")
+
+
+def _key_values(items: list[str], option: str) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            result[key] = int(value)
+        except ValueError:
+            raise DataError(f"{option} takes NAME=INTEGER, got {item!r}") from None
+    return result
