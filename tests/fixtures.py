@@ -69,3 +69,108 @@ def write_omniglot_set(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return dest / folder
+
+
+# --------------------------------------------------------------------------- Lake's runs
+
+__all__ += ["LAKE_FIXTURE_RUNS", "LAKE_FIXTURE_WAYS", "lake_answer_key", "write_lake_runs"]
+
+LAKE_FIXTURE_RUNS = 20
+LAKE_FIXTURE_WAYS = 20
+
+
+def lake_answer_key(run: int) -> list[int]:
+    """Correct class (0-19) of ``item01`` ... ``item20`` in run ``run`` of :func:`write_lake_runs`."""
+    return [int(c) for c in np.random.default_rng(run).permutation(LAKE_FIXTURE_WAYS)]
+
+
+def _background_drawings(source: Path) -> dict[str, dict[str, dict[int, str]]]:
+    """Alphabet -> character -> drawer -> member name of an official background zip."""
+    found: dict[str, dict[str, dict[int, str]]] = {}
+    with zipfile.ZipFile(source) as archive:
+        for name in archive.namelist():
+            parts = name.split("/")
+            if len(parts) != 4 or not parts[3].endswith(".png"):
+                continue
+            _, alphabet, character, file_name = parts
+            drawer = int(file_name[:-4].rsplit("_", 1)[1])
+            found.setdefault(alphabet, {}).setdefault(character, {})[drawer] = name
+    return found
+
+
+def write_lake_runs(
+    dest: Path,
+    background_source: Path | None,
+    *,
+    as_zip: bool = True,
+    top_folder: str | None = None,
+    same_drawing: bool = False,
+) -> Path:
+    """Write Lake's ``all_runs`` layout (20 runs of 20-way 1-shot) under ``dest``.
+
+    With ``background_source`` (an official ``images_background.zip``) every run draws 20
+    characters of one alphabet (alphabets with at least 20 characters, in turn): one drawer's
+    image is the class image and another drawer's image of the same character the query, as
+    in Lake's runs. Without it the images are synthetic :func:`omniglot_png` drawings. The
+    query of each class sits at the item given by :func:`lake_answer_key`.
+
+    Args:
+        dest: Folder to write into.
+        background_source: ``images_background.zip``, or ``None`` for synthetic images.
+        as_zip: Write ``all_runs.zip`` instead of an ``all_runs/`` folder.
+        top_folder: Put the runs below this folder inside the zip (or folder), e.g.
+            ``"all_runs"``; ``None`` puts ``run01/`` ... at the top.
+        same_drawing: Use the class image itself as the query (identical drawing).
+
+    Returns:
+        Path of ``all_runs.zip`` or of the ``all_runs/`` folder.
+    """
+    ways = LAKE_FIXTURE_WAYS
+    files: dict[str, bytes] = {}
+    archive = zipfile.ZipFile(background_source) if background_source is not None else None
+    try:
+        drawings = _background_drawings(background_source) if background_source else {}
+        alphabets = sorted(a for a, chars in drawings.items() if len(chars) >= ways)
+        for run in range(1, LAKE_FIXTURE_RUNS + 1):
+            rng = np.random.default_rng(10_000 + run)
+            class_images: list[bytes] = []
+            query_images: list[bytes] = []
+            if archive is not None:
+                characters = drawings[alphabets[(run - 1) % len(alphabets)]]
+                chosen = sorted(rng.choice(sorted(characters), size=ways, replace=False))
+                class_drawer, query_drawer = (int(d) for d in rng.choice(20, 2, replace=False) + 1)
+                for character in chosen:
+                    class_images.append(archive.read(characters[character][class_drawer]))
+                    query_images.append(archive.read(characters[character][query_drawer]))
+            else:
+                for c in range(ways):
+                    class_images.append(omniglot_png(run * 1000 + c))
+                    query_images.append(omniglot_png(run * 1000 + 500 + c))
+            if same_drawing:
+                query_images = class_images
+            prefix = f"run{run:02d}"
+            lines = []
+            for c, data in enumerate(class_images, start=1):
+                files[f"{prefix}/training/class{c:02d}.png"] = data
+            for k, c in enumerate(lake_answer_key(run), start=1):
+                files[f"{prefix}/test/item{k:02d}.png"] = query_images[c]
+                lines.append(f"{prefix}/test/item{k:02d}.png {prefix}/training/class{c + 1:02d}.png")
+            files[f"{prefix}/class_labels.txt"] = ("\n".join(lines) + "\n").encode()
+    finally:
+        if archive is not None:
+            archive.close()
+
+    top = f"{top_folder}/" if top_folder else ""
+    dest.mkdir(parents=True, exist_ok=True)
+    if as_zip:
+        target = dest / "all_runs.zip"
+        with zipfile.ZipFile(target, "w") as out:
+            for name, data in files.items():
+                out.writestr(top + name, data)
+        return target
+    target = dest / "all_runs"
+    for name, data in files.items():
+        path = target / (top + name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return target

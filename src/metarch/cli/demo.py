@@ -54,10 +54,11 @@ def demo(
         f"{tuple(background.images.shape)} uint8, {background.images.nbytes / 2**20:.1f} MiB",
     )
     facts.add_row("load time (cache hit after the first run)", f"{load_seconds:.2f} s")
-    for part, alphabets in split.parts.items():
-        characters = sum(len(background.classes_in_group(a)) for a in alphabets)
+    for part, part_alphabets in split.parts.items():
+        characters = sum(len(background.classes_in_group(a)) for a in part_alphabets)
         facts.add_row(
-            f"split background:{part}", f"{len(alphabets)} alphabets, {characters} characters"
+            f"split background:{part}",
+            f"{len(part_alphabets)} alphabets, {characters} characters",
         )
     console.print(facts)
 
