@@ -9,6 +9,8 @@ Layout:
     sinusoid.py  sinusoid regression tasks
 """
 
+# Importing the format modules registers them in DATA_FORMATS.
+from metarch.data import folder, lake, miniimagenet  # noqa: F401
 from metarch.data.base import ImageClassDataset
 from metarch.data.formats import DATA_FORMATS, DataFormat, DatasetSummary, discover_datasets
 from metarch.data.omniglot import OMNIGLOT_SETS, OmniglotSet, load_omniglot

@@ -86,6 +86,21 @@ class DataFormat(ABC):
     ) -> ImageClassDataset:
         """Decode (or read from the cache) a set found by :meth:`discover`."""
 
+    def load_part(
+        self,
+        summary: DatasetSummary,
+        part: str,
+        *,
+        image_size: int,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> ImageClassDataset:
+        """Load one part (``NAME:PART``) of a set that ships its own splits.
+
+        Raises:
+            DataError: For formats without parts (the default).
+        """
+        raise DataError(f"data set {summary.name!r} ({self.name}) has no part {part!r}")
+
 
 DATA_FORMATS: Registry[type[DataFormat]] = Registry("data format")
 
@@ -113,15 +128,20 @@ def load_image_set(
     image_size: int,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ImageClassDataset:
-    """Load the set called ``name`` below ``root``, whatever its format.
+    """Load the set called ``name`` (or ``name:part``) below ``root``, whatever its format.
 
     Raises:
         DataError: If no format finds a set of that name (the message lists those found).
     """
     summaries = discover_datasets(root)
+    set_name, _, part = name.partition(":")
     for summary in summaries:
-        if summary.name == name:
+        if summary.name == set_name:
             data_format = DATA_FORMATS.get(summary.format)()
+            if part:
+                return data_format.load_part(
+                    summary, part, image_size=image_size, cache_dir=cache_dir
+                )
             return data_format.load(summary, image_size=image_size, cache_dir=cache_dir)
     found = ", ".join(s.name for s in summaries) or "none"
     raise DataError(

@@ -4,7 +4,8 @@ Accepted forms, tried in this order:
 
 * a path to a split file (``Alphabet/characterNN[/rotDDD]`` per line), resolved against the
   Omniglot background and evaluation sets found below the data root;
-* ``SET:PART``, a part of a named split (``background:train``, ``background:test``);
+* ``SET:PART``, a part of a named split (``background:train``, ``background:test``) or of
+  a set that ships its own splits (``mini-imagenet:val``);
 * the name of any set ``metarch data info`` lists (``background``, a folder name, ...).
 """
 
@@ -67,7 +68,7 @@ def load_pool(
         set_name, part = spec.split(":", 1)
         dataset = load_image_set(set_name, data_root, image_size=image_size, cache_dir=cache_dir)
         pool = NAMED_SPLITS[set_name].pool(dataset, part)
-    else:
+    else:  # a set name, or NAME:PART of a format with its own parts
         dataset = load_image_set(spec, data_root, image_size=image_size, cache_dir=cache_dir)
         pool = ClassPool.whole(dataset, spec)
     return pool.with_rotations() if rotations else pool
