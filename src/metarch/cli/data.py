@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.cli.progress import show_progress
 from metarch.data.download import ARCHIVES, download_omniglot
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.formats import discover_datasets, load_image_set
@@ -81,9 +82,10 @@ def episodes(
         raise DataError(f"--out must name a .png file, got {out}")
     if count < 1:
         raise DataError(f"--episodes must be at least 1, got {count}")
-    pool = load_pool(
-        set_name, data_root_from(data_root), image_size=image_size, rotations=rotations
-    )
+    with show_progress():
+        pool = load_pool(
+            set_name, data_root_from(data_root), image_size=image_size, rotations=rotations
+        )
     sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
     batch = sampler.sample(tasks=count)
     names = [[pool.entry_names[e] for e in row] for row in batch.entries.tolist()]
@@ -105,7 +107,9 @@ def download(
 ) -> None:
     """Download the official Omniglot archives (and Lake's runs) into DATA_ROOT/omniglot."""
     root = data_root_from(data_root)
-    for path in download_omniglot(root, sets, timeout=timeout):
+    with show_progress():
+        paths = download_omniglot(root, sets, timeout=timeout)
+    for path in paths:
         typer.echo(f"ok {path}")
 
 
@@ -126,7 +130,8 @@ def split(
 ) -> None:
     """Write an alphabet-disjoint split of a set as split files (deterministic from the seed)."""
     sizes = _key_values(parts, "--part")
-    dataset = load_image_set(set_name, data_root_from(data_root), image_size=28)
+    with show_progress():
+        dataset = load_image_set(set_name, data_root_from(data_root), image_size=28)
     split_parts = alphabet_split(
         dataset, sizes, seed=seed, min_classes=_key_values(min_classes, "--min-classes")
     )

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.cli.progress import show_progress
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.formats import discover_datasets
 from metarch.data.omniglot import load_omniglot
@@ -30,7 +31,8 @@ def demo(
     console = Console()
     root = data_root_from(data_root)
     started = time.perf_counter()
-    background = load_omniglot("background", root, download=download)
+    with show_progress():
+        background = load_omniglot("background", root, download=download)
     load_seconds = time.perf_counter() - started
 
     table = Table(title=f"Data sets in {root}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from metarch.errors import DataError, DownloadError
 from metarch.utils.io import atomic_write, sha256_file
+from metarch.utils.progress import report_progress
 
 __all__ = ["ARCHIVES", "Archive", "download_archive", "download_omniglot"]
 
@@ -67,7 +68,6 @@ def download_archive(
     folder: Path,
     *,
     timeout: float = 10.0,
-    progress: Callable[[int, int | None], None] | None = None,
 ) -> Path:
     """Download one archive into ``folder`` unless it is already there.
 
@@ -75,7 +75,6 @@ def download_archive(
         archive: What to fetch.
         folder: Destination folder (created if missing).
         timeout: Seconds to wait for the connection and for each read.
-        progress: Called with (bytes so far, total bytes or None).
 
     Returns:
         Path of the archive.
@@ -94,8 +93,7 @@ def download_archive(
                 while chunk := response.read(1 << 16):
                     handle.write(chunk)
                     done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
+                    report_progress(f"downloading {archive.file_name}", done, total)
     except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(
@@ -117,7 +115,6 @@ def download_omniglot(
     sets: Iterable[str] = ("background", "evaluation", "lake_runs"),
     *,
     timeout: float = 10.0,
-    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> list[Path]:
     """Download official archives into ``data_root/omniglot``.
 
@@ -125,7 +122,6 @@ def download_omniglot(
         data_root: Data root; archives go to its ``omniglot/`` subfolder.
         sets: Names from :data:`ARCHIVES`.
         timeout: Seconds per connection attempt and read.
-        progress: Called with (file name, bytes so far, total bytes or None).
 
     Returns:
         Paths of the archives, downloaded or already present.
@@ -141,14 +137,8 @@ def download_omniglot(
     folder = data_root / "omniglot"
     paths = []
     for position, name in enumerate(names):
-        archive = ARCHIVES[name]
-
-        def report(done: int, total: int | None, file_name: str = archive.file_name) -> None:
-            if progress is not None:
-                progress(file_name, done, total)
-
         try:
-            paths.append(download_archive(archive, folder, timeout=timeout, progress=report))
+            paths.append(download_archive(ARCHIVES[name], folder, timeout=timeout))
         except DownloadError as exc:
             missing = [n for n in names[position:] if not (folder / ARCHIVES[n].file_name).exists()]
             raise DownloadError(f"{exc}; {_placement_help(missing, folder)}") from exc

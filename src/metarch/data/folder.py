@@ -25,6 +25,7 @@ from metarch.data.base import ImageClassDataset
 from metarch.data.cache import cached_dataset
 from metarch.data.formats import DATA_FORMATS, DataFormat, DatasetSummary
 from metarch.errors import DataError
+from metarch.utils.progress import report_progress
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -258,6 +259,8 @@ def _decode(
             images[cursor] = image_to_array(image, mode=mode, image_size=image_size)
             image_names.append(file.relative_to(path).as_posix())
             cursor += 1
+            if cursor % 256 == 0 or cursor == total:
+                report_progress(f"decoding {path.name}", cursor, total)
         offsets[c + 1] = cursor
     if channels is None and not any_colour:
         images = np.ascontiguousarray(images[:, :1])

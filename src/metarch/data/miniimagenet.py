@@ -37,6 +37,7 @@ from metarch.data.folder import decode_image, normalize_image_size
 from metarch.data.formats import DATA_FORMATS, DataFormat, DatasetSummary
 from metarch.data.paths import resolve_data_root
 from metarch.errors import DataError
+from metarch.utils.progress import report_progress
 
 __all__ = [
     "MINI_IMAGENET_SPLITS",
@@ -217,6 +218,8 @@ def _decode(
             )
             image_names.append(filename)
             cursor += 1
+            if cursor % 256 == 0 or cursor == len(rows.filenames):
+                report_progress(f"decoding {path.name}:{split}", cursor, len(rows.filenames))
         offsets[c + 1] = cursor
     return ImageClassDataset(
         name=f"{path.name}:{split}",

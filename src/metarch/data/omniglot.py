@@ -24,6 +24,7 @@ from metarch.data.cache import cached_dataset
 from metarch.data.formats import DATA_FORMATS, DataFormat, DatasetSummary
 from metarch.data.paths import candidate_dirs, resolve_data_root
 from metarch.errors import DataError
+from metarch.utils.progress import report_progress
 
 __all__ = [
     "OMNIGLOT_ORIGINAL_SIZE",
@@ -215,6 +216,8 @@ def _decode(tree: FileTree, info: OmniglotSetInfo, image_size: int) -> OmniglotS
             images[cursor, 0] = decode_omniglot_png(tree.read(name), tree.where(name), image_size)
             image_names.append(name.rsplit("/", 1)[1])
             cursor += 1
+            if cursor % 256 == 0 or cursor == total:
+                report_progress(f"decoding Omniglot {info.name}", cursor, total)
         offsets[c + 1] = cursor
     return OmniglotSet(
         name=info.name,
