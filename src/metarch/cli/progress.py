@@ -24,6 +24,10 @@ __all__ = ["show_progress"]
 def show_progress() -> Iterator[None]:
     """Display every :func:`~metarch.utils.progress.report_progress` of the block on stderr."""
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Logs and pipes get no bars (and no stray blank lines around error messages).
+        yield
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
