@@ -1,0 +1,35 @@
+"""Meta-learners behind one interface (:class:`MetaLearner`), found by name.
+
+Layout:
+    base.py        the interface and the ``META_LEARNERS`` registry
+    functional.py  the functional inner loop (torch.func), shared by MAML-like methods
+    maml.py        MAML, first-order MAML, Meta-SGD, ANIL (and MAML++ options)
+    reptile.py     Reptile
+    protonet.py    prototypical networks
+"""
+
+from metarch.meta.base import (
+    META_LEARNERS,
+    MetaLearner,
+    MetaMetrics,
+    Predictor,
+    create_meta_learner,
+)
+from metarch.meta.functional import InnerLearningRates, InnerLoopConfig, adapt_task, run_task
+from metarch.meta.maml import ANIL, FOMAML, MAML, MetaSGD
+
+__all__ = [
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "META_LEARNERS",
+    "InnerLearningRates",
+    "InnerLoopConfig",
+    "MetaLearner",
+    "MetaMetrics",
+    "MetaSGD",
+    "Predictor",
+    "adapt_task",
+    "create_meta_learner",
+    "run_task",
+]

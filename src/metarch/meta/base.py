@@ -1,0 +1,100 @@
+"""The interface every meta-learner implements, and the registry that finds them by name.
+
+A meta-learner owns a model and its meta-parameters and does two things:
+
+* :meth:`MetaLearner.compute_meta_gradients` — given a batch of episodes, accumulate the
+  meta-gradient (averaged over the batch's tasks) into ``.grad`` of its meta-parameters.
+  An outer optimizer then steps; a distributed engine can all-reduce the gradients first.
+* :meth:`MetaLearner.adapt` — given one support set, return a predictor for queries.
+
+To add a method: subclass :class:`MetaLearner` in its own module under ``metarch/meta``,
+decorate it with ``@META_LEARNERS.register("name")`` and import the module in
+``metarch/meta/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metarch.data.episodes import EpisodeBatch
+from metarch.registry import Registry
+
+__all__ = [
+    "META_LEARNERS",
+    "MetaLearner",
+    "MetaMetrics",
+    "Predictor",
+    "create_meta_learner",
+]
+
+Predictor = Callable[[Tensor], Tensor]
+"""Maps query inputs ``(M, ...)`` of one task to logits ``(M, ways)``."""
+
+
+@dataclass(frozen=True)
+class MetaMetrics:
+    """What one meta-gradient computation measured.
+
+    Attributes:
+        loss: Mean query loss over the tasks.
+        accuracy: Mean query accuracy over the tasks (after adaptation), in [0, 1].
+        tasks: Number of tasks.
+    """
+
+    loss: float
+    accuracy: float
+    tasks: int
+
+
+class MetaLearner(nn.Module, ABC):
+    """Base class of all meta-learners (optimisation-based and metric-based)."""
+
+    #: Registered name, set by :data:`META_LEARNERS` registration.
+    name: str = ""
+
+    def meta_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the outer optimizer updates (all parameters by default)."""
+        return self.parameters()
+
+    @abstractmethod
+    def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:
+        """Add the task-averaged meta-gradient of ``batch`` to ``.grad`` of the meta-parameters."""
+
+    @abstractmethod
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
+        """Adapt to one task's support set; return a predictor of query logits."""
+
+    def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> MetaMetrics:
+        """One outer step: zero gradients, compute meta-gradients, step the optimizer."""
+        optimizer.zero_grad(set_to_none=True)
+        metrics = self.compute_meta_gradients(batch)
+        optimizer.step()
+        return metrics
+
+    def evaluate(self, batch: EpisodeBatch) -> Tensor:
+        """Query accuracy of every task of ``batch`` after adapting to its support set.
+
+        Returns:
+            Accuracies in [0, 1], shape ``(T,)``.
+        """
+        accuracies = []
+        for t in range(batch.num_tasks):
+            predictor = self.adapt(batch.support_images[t], batch.support_labels[t])
+            with torch.no_grad():
+                logits = predictor(batch.query_images[t])
+            accuracies.append((logits.argmax(-1) == batch.query_labels[t]).float().mean())
+        return torch.stack(accuracies)
+
+
+META_LEARNERS: Registry[type[MetaLearner]] = Registry("meta-learner")
+
+
+def create_meta_learner(name: str, model: nn.Module, **kwargs: Any) -> MetaLearner:
+    """Build the meta-learner registered as ``name`` around ``model``."""
+    return META_LEARNERS.get(name)(model, **kwargs)

@@ -1,0 +1,270 @@
+"""The functional inner loop every optimisation-based meta-learner runs.
+
+Parameters and buffers are plain dictionaries; the model is only ever called through
+``torch.func.functional_call``, and inner gradients come from ``torch.func.grad``. The
+same code therefore runs for one task in a Python loop and for a whole meta-batch under
+``torch.func.vmap``, and the outer (meta) gradient is ordinary autograd through it:
+
+* second order: the inner gradient stays in the graph, so the meta-gradient includes the
+  Hessian-vector terms of MAML;
+* first order: the inner gradient is detached, so the meta-gradient is the query
+  gradient at the adapted parameters (first-order MAML).
+
+Only the parameters named in ``adapt`` change in the inner loop (all of them for MAML, the
+head for ANIL); the rest are read, and still receive meta-gradients through the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metarch.models.norm import BatchNormContext, NormPolicy, RecordedStatistics, batch_norm_context
+
+__all__ = [
+    "InnerLearningRates",
+    "InnerLoopConfig",
+    "Params",
+    "TaskResult",
+    "adapt_task",
+    "run_task",
+]
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class InnerLoopConfig:
+    """How the inner loop adapts to a support set.
+
+    Attributes:
+        steps: Gradient steps on the support set.
+        first_order: Detach inner gradients (first-order MAML) instead of differentiating
+            through them.
+        norm_policy: Which statistics batch normalisation uses (see
+            :mod:`metarch.models.norm`).
+        multi_step_loss: MAML++'s multi-step loss: the query loss after *every* inner step,
+            averaged with ``step_weights``, instead of after the last step only.
+        step_weights: Weights of the per-step query losses (default: all on the last step
+            for a plain loss, uniform for the multi-step loss).
+    """
+
+    steps: int = 1
+    first_order: bool = False
+    norm_policy: NormPolicy = NormPolicy.BATCH
+    multi_step_loss: bool = False
+    step_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"inner steps must be >= 0, got {self.steps}")
+        if self.step_weights is not None and len(self.step_weights) != self.steps:
+            raise ValueError(f"need {self.steps} step weights, got {len(self.step_weights)}")
+
+    def query_weights(self) -> list[float]:
+        """Weight of the query loss after each step 1..steps (the last alone by default)."""
+        if self.step_weights is not None:
+            return list(self.step_weights)
+        if self.multi_step_loss and self.steps > 0:
+            return [1.0 / self.steps] * self.steps
+        return [0.0] * max(self.steps - 1, 0) + [1.0]
+
+
+class InnerLearningRates(nn.Module):
+    """Inner-loop learning rates: fixed, learnable per parameter, or per layer and step.
+
+    Modes:
+        ``fixed``: one constant rate for everything (MAML); not a meta-parameter.
+        ``per_parameter``: a learnable rate for every element of every adapted parameter
+            (Meta-SGD).
+        ``per_layer_step``: a learnable rate per adapted tensor and inner step (MAML++
+            LSLR).
+
+    Args:
+        shapes: Name and shape of every adapted parameter.
+        steps: Inner steps.
+        init: Initial (or fixed) rate.
+        mode: One of the modes above.
+    """
+
+    MODES = ("fixed", "per_parameter", "per_layer_step")
+
+    def __init__(
+        self, shapes: Mapping[str, torch.Size], steps: int, init: float, mode: str = "fixed"
+    ) -> None:
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"learning-rate mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        self.init = init
+        self.names = list(shapes)
+        self.rates = nn.ParameterDict()
+        # ParameterDict keys cannot contain dots.
+        for name, shape in shapes.items():
+            key = name.replace(".", "__")
+            if mode == "per_parameter":
+                self.rates[key] = nn.Parameter(torch.full(shape, init))
+            elif mode == "per_layer_step":
+                self.rates[key] = nn.Parameter(torch.full((max(steps, 1),), init))
+
+    def rate(self, name: str, step: int) -> Tensor | float:
+        """Rate for parameter ``name`` at inner step ``step``."""
+        if self.mode == "fixed":
+            return self.init
+        rate: Tensor = self.rates[name.replace(".", "__")]
+        return rate[step] if self.mode == "per_layer_step" else rate
+
+
+@dataclass
+class TaskResult:
+    """Outcome of one task: the differentiable query loss and what was measured on it.
+
+    Attributes:
+        loss: Weighted query loss (a scalar, differentiable w.r.t. the meta-parameters).
+        accuracy: Query accuracy after the last inner step (a detached scalar).
+        statistics: Batch statistics recorded by batch-norm layers (for running buffers).
+    """
+
+    loss: Tensor
+    accuracy: Tensor
+    statistics: RecordedStatistics = field(default_factory=RecordedStatistics)
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _forward(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    x: Tensor,
+    context: BatchNormContext,
+) -> Tensor:
+    with batch_norm_context(context):
+        out: Tensor = functional_call(model, {**params, **buffers}, (x,))
+    return out
+
+
+def adapt_task(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    adapt: Sequence[str],
+    rates: InnerLearningRates,
+    config: InnerLoopConfig,
+    training: bool,
+    record: RecordedStatistics | None = None,
+    loss_fn: LossFn = F.cross_entropy,
+) -> list[Params]:
+    """Adapt ``params`` to one support set; return the parameters after every step.
+
+    Args:
+        model: Module whose forward is called functionally.
+        params: Meta-parameters (the starting point); not modified.
+        buffers: Buffers (batch-norm running statistics).
+        support_x: Support inputs of one task.
+        support_y: Support targets of one task.
+        adapt: Names of the parameters the inner loop changes.
+        rates: Inner learning rates.
+        config: Inner-loop settings.
+        training: Meta-training (True) or evaluation (False); decides batch-norm statistics.
+        record: Where batch-norm layers record batch statistics.
+        loss_fn: Support loss.
+
+    Returns:
+        ``[params, params after step 1, ..., params after step S]``.
+    """
+    use_running = config.norm_policy.uses_running_statistics(inner=True, training=training)
+
+    def support_loss(
+        adapted: Params, frozen: Params, step: int
+    ) -> tuple[Tensor, tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        # Statistics leave the grad transform as its auxiliary output; stored from inside
+        # it they would be tensors escaping the transform.
+        local = RecordedStatistics() if record is not None else None
+        context = BatchNormContext(step=step, use_running=use_running, record=local)
+        logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context)
+        aux = (local.means, local.variances) if local is not None else ({}, {})
+        return loss_fn(logits, support_y), aux
+
+    support_grad = torch.func.grad(support_loss, has_aux=True)
+    trajectory = [params]
+    current = params
+    for step in range(config.steps):
+        adapted = {name: current[name] for name in adapt}
+        frozen = {name: value for name, value in current.items() if name not in adapted}
+        grads, (means, variances) = support_grad(adapted, frozen, step)
+        if record is not None:
+            record.means.update(means)
+            record.variances.update(variances)
+        if config.first_order:
+            grads = {name: g.detach() for name, g in grads.items()}
+        current = dict(current)
+        for name in adapt:
+            current[name] = current[name] - rates.rate(name, step) * grads[name]
+        trajectory.append(current)
+    return trajectory
+
+
+def run_task(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    *,
+    adapt: Sequence[str],
+    rates: InnerLearningRates,
+    config: InnerLoopConfig,
+    training: bool,
+    record_statistics: bool = False,
+    loss_fn: LossFn = F.cross_entropy,
+) -> tuple[Tensor, Tensor, RecordedStatistics]:
+    """Adapt to one task's support set and score its queries; safe to ``vmap`` over tasks.
+
+    Returns:
+        ``(loss, accuracy, statistics)``: the weighted query loss (differentiable w.r.t.
+        ``params`` and the learnable rates), the query accuracy after the last step
+        (detached), and the batch statistics recorded along the way.
+    """
+    record = RecordedStatistics() if record_statistics else None
+    trajectory = adapt_task(
+        model,
+        params,
+        buffers,
+        support_x,
+        support_y,
+        adapt=adapt,
+        rates=rates,
+        config=config,
+        training=training,
+        record=record,
+        loss_fn=loss_fn,
+    )
+    use_running = config.norm_policy.uses_running_statistics(inner=False, training=training)
+    weights = config.query_weights()
+    # Query losses are only computed where they are weighted (always after the last step).
+    loss = query_x.new_zeros(())
+    logits = query_x.new_zeros(())
+    last = len(trajectory) - 1
+    for step in range(last + 1):
+        weight = weights[step - 1] if step >= 1 else (1.0 if last == 0 else 0.0)
+        if weight == 0.0 and step != last:
+            continue
+        context = BatchNormContext(
+            step=step, use_running=use_running, record=record if step == last else None
+        )
+        logits = _forward(model, trajectory[step], buffers, query_x, context)
+        loss = loss + weight * loss_fn(logits, query_y)
+    accuracy = (logits.argmax(dim=-1) == query_y).float().mean().detach()
+    return loss, accuracy, record if record is not None else RecordedStatistics()

@@ -1,0 +1,73 @@
+"""Backbones by name: ``create_model("conv4", ...)``, as in timm.
+
+Every backbone maps images ``(N, C, H, W)`` to features ``(N, D)``. Classifiers for
+optimisation-based meta-learners put a linear head on top (:class:`FewShotClassifier`);
+metric-based learners use the features directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metarch.models.conv4 import Conv4
+from metarch.registry import Registry
+
+__all__ = ["MODELS", "FewShotClassifier", "create_model", "feature_dim"]
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+
+@MODELS.register("conv4")
+def conv4(**kwargs: Any) -> nn.Module:
+    """Conv-4 with max-pooling (prototypical networks; MAML on mini-ImageNet)."""
+    return Conv4(pool="max", **kwargs)
+
+
+@MODELS.register("conv4-strided")
+def conv4_strided(**kwargs: Any) -> nn.Module:
+    """Conv-4 with strided convolutions instead of pooling (MAML on Omniglot)."""
+    return Conv4(pool="stride", **kwargs)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the backbone registered as ``name`` with keyword arguments ``kwargs``."""
+    return MODELS.get(name)(**kwargs)
+
+
+@torch.no_grad()
+def feature_dim(backbone: nn.Module, image_shape: tuple[int, int, int]) -> int:
+    """Length of the feature vector ``backbone`` produces for images of ``image_shape``."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        features: Tensor = backbone(torch.zeros(1, *image_shape))
+    finally:
+        backbone.train(was_training)
+    return int(features.shape[1])
+
+
+class FewShotClassifier(nn.Module):
+    """A backbone and a linear head with one output per way.
+
+    The head is a separate child called ``head`` so that head-only adaptation (ANIL)
+    selects it by name.
+
+    Args:
+        backbone: Feature extractor.
+        ways: Classes per episode.
+        image_shape: ``(C, H, W)`` of the inputs, used to size the head.
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim(backbone, image_shape), ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, ways)`` for images ``(N, C, H, W)``."""
+        logits: Tensor = self.head(self.backbone(x))
+        return logits
