@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from metarch.data.omniglot import OmniglotSet, load_omniglot
+
+# Test models are tiny: a second intra-op thread costs more than it saves, and far more
+# when the other core is busy.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

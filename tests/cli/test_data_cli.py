@@ -48,6 +48,7 @@ def test_info_json(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_info_on_shared_data(shared_data_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["data", "info", "--data-root", str(shared_data_root), "--json"], capsys)
+    assert code == 0
     datasets = {d["name"]: d for d in json.loads(out)["datasets"]}
     assert (datasets["background"]["alphabets"], datasets["background"]["classes"]) == (30, 964)
     assert datasets["background"]["images"] == 19280
@@ -65,7 +66,7 @@ def test_episodes_png(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     out_file = tmp_path / "grid.png"
     args = ["data", "episodes", "--data-root", str(root), "--set", "background", "--ways", "5"]
     args += ["--shots", "1", "--queries", "5", "--out", str(out_file), "--within-alphabet"]
-    code, out, err = run_cli(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     with Image.open(out_file) as image:
         assert image.format == "PNG" and image.size[0] > 100

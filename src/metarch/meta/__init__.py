@@ -17,6 +17,8 @@ from metarch.meta.base import (
 )
 from metarch.meta.functional import InnerLearningRates, InnerLoopConfig, adapt_task, run_task
 from metarch.meta.maml import ANIL, FOMAML, MAML, MetaSGD
+from metarch.meta.protonet import PrototypicalNetwork, compute_prototypes
+from metarch.meta.reptile import Reptile
 
 __all__ = [
     "ANIL",
@@ -29,7 +31,10 @@ __all__ = [
     "MetaMetrics",
     "MetaSGD",
     "Predictor",
+    "PrototypicalNetwork",
+    "Reptile",
     "adapt_task",
+    "compute_prototypes",
     "create_meta_learner",
     "run_task",
 ]

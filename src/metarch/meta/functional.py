@@ -86,7 +86,7 @@ class InnerLearningRates(nn.Module):
             LSLR).
 
     Args:
-        shapes: Name and shape of every adapted parameter.
+        adapted: Every adapted parameter by name (rates take its shape, dtype and device).
         steps: Inner steps.
         init: Initial (or fixed) rate.
         mode: One of the modes above.
@@ -95,22 +95,22 @@ class InnerLearningRates(nn.Module):
     MODES = ("fixed", "per_parameter", "per_layer_step")
 
     def __init__(
-        self, shapes: Mapping[str, torch.Size], steps: int, init: float, mode: str = "fixed"
+        self, adapted: Mapping[str, Tensor], steps: int, init: float, mode: str = "fixed"
     ) -> None:
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"learning-rate mode must be one of {self.MODES}, got {mode!r}")
         self.mode = mode
         self.init = init
-        self.names = list(shapes)
+        self.names = list(adapted)
         self.rates = nn.ParameterDict()
         # ParameterDict keys cannot contain dots.
-        for name, shape in shapes.items():
+        for name, parameter in adapted.items():
             key = name.replace(".", "__")
             if mode == "per_parameter":
-                self.rates[key] = nn.Parameter(torch.full(shape, init))
+                self.rates[key] = nn.Parameter(torch.full_like(parameter, init))
             elif mode == "per_layer_step":
-                self.rates[key] = nn.Parameter(torch.full((max(steps, 1),), init))
+                self.rates[key] = nn.Parameter(parameter.new_full((max(steps, 1),), init))
 
     def rate(self, name: str, step: int) -> Tensor | float:
         """Rate for parameter ``name`` at inner step ``step``."""

@@ -104,9 +104,9 @@ class MAML(MetaLearner):
             first_order=True,
             norm_policy=NormPolicy(norm_policy),
         )
-        shapes = {name: p.shape for name, p in model.named_parameters() if name in self.adapt_names}
+        adapted = {name: p for name, p in model.named_parameters() if name in self.adapt_names}
         self.rates = InnerLearningRates(
-            shapes, max(steps, self.eval_config.steps), inner_lr, lr_mode
+            adapted, max(steps, self.eval_config.steps), inner_lr, lr_mode
         )
         self.batching: Batching = batching
 

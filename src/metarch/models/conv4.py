@@ -2,9 +2,9 @@
 
 Each block is a 3x3 convolution with 64 filters, batch normalisation and ReLU, followed by
 2x2 max-pooling (``pool="max"``, prototypical networks and MAML's mini-ImageNet model) or
-done with stride 2 instead of pooling (``pool="stride"``, MAML's Omniglot model). On 28x28
-Omniglot both give 64 features (1x1 spatial) after four blocks; on 84x84 images the
-max-pool variant gives 64 x 5 x 5 = 1600 features.
+done with stride 2 instead of pooling (``pool="stride"``, MAML's Omniglot model, which then
+averages the last feature map over space). On 28x28 Omniglot both give 64 features; on
+84x84 images the max-pool variant gives 64 x 5 x 5 = 1600 features.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class Conv4(nn.Module):
             )
         )
         self.out_channels = hidden
+        # MAML's strided network averages its last (2x2 on Omniglot) map over space.
+        self.spatial_mean = pool == "stride"
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -84,5 +86,5 @@ class Conv4(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Embed images ``(N, C, H, W)`` into features ``(N, D)``."""
-        features: Tensor = self.blocks(x).flatten(1)
-        return features
+        maps: Tensor = self.blocks(x)
+        return maps.mean(dim=(2, 3)) if self.spatial_mean else maps.flatten(1)

@@ -40,7 +40,9 @@ __all__ = [
     "MetaBatchNorm2d",
     "NormPolicy",
     "RecordedStatistics",
+    "apply_recorded_statistics",
     "batch_norm_context",
+    "name_norm_layers",
 ]
 
 

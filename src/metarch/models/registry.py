@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from metarch.models.conv4 import Conv4
+from metarch.models.resnet12 import ResNet12
 from metarch.registry import Registry
 
 __all__ = ["MODELS", "FewShotClassifier", "create_model", "feature_dim"]
@@ -31,6 +32,12 @@ def conv4(**kwargs: Any) -> nn.Module:
 def conv4_strided(**kwargs: Any) -> nn.Module:
     """Conv-4 with strided convolutions instead of pooling (MAML on Omniglot)."""
     return Conv4(pool="stride", **kwargs)
+
+
+@MODELS.register("resnet12")
+def resnet12(**kwargs: Any) -> nn.Module:
+    """ResNet-12 (TADAM, MetaOptNet); pooled 640-d features by default."""
+    return ResNet12(**kwargs)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
