@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from metarch.data.pools import ClassPool
-from metarch.data.rng import sample_without_replacement, task_keys, uniform
+from metarch.data.rng import sample_without_replacement, seed_key, task_keys, uniform
 from metarch.errors import EpisodeError
 
 __all__ = ["EpisodeBatch", "EpisodeSampler"]
@@ -29,6 +29,8 @@ __all__ = ["EpisodeBatch", "EpisodeSampler"]
 _CLASS_STREAM = 0
 _GROUP_STREAM = 4
 _DRAWING_STREAM = 8
+
+_ROW_SALT = np.uint64(0xD1B54A32D192ED03)
 
 _NUMPY_DTYPES: dict[torch.dtype, type[np.floating]] = {
     torch.float16: np.float16,
@@ -140,6 +142,7 @@ class EpisodeSampler:
         self.seed = seed
         self.within_group = within_group
         self.dtype = dtype
+        self._seed_key = seed_key(seed)
         self._group_members = np.zeros((0, 0), dtype=np.int64)
         self._group_sizes = np.zeros(0, dtype=np.int64)
         if within_group:
@@ -209,7 +212,7 @@ class EpisodeSampler:
         if len(indices) == 0 or indices.min() < 0:
             raise EpisodeError("need at least one task index, all non-negative")
         t, n, k = len(indices), self.ways, self.shots
-        keys = task_keys(self.seed, indices)
+        keys = task_keys(self._seed_key, indices)
         entries = self._draw_entries(keys)  # (T, N)
         # One key per (task, class) row: the drawings of each class are drawn independently.
         picks = sample_without_replacement(
@@ -252,6 +255,4 @@ class EpisodeSampler:
 def _row_keys(keys: np.ndarray, rows_per_key: int) -> np.ndarray:
     """Distinct keys for the ``rows_per_key`` rows (classes) of each task, flattened."""
     rows = np.arange(rows_per_key, dtype=np.uint64)
-    return task_keys(
-        0, (keys[:, None] ^ (rows[None, :] * np.uint64(0x9E3779B97F4A7C15))).reshape(-1)
-    )
+    return task_keys(keys[:, None] ^ _ROW_SALT, rows).reshape(-1)

@@ -11,28 +11,45 @@ own increment), so a whole ``(tasks, n)`` block is a few array operations.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
-__all__ = ["sample_without_replacement", "task_keys", "uniform"]
+__all__ = ["sample_without_replacement", "seed_key", "task_keys", "uniform"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
 _TWO_POW_MINUS_53 = 2.0**-53
+_S27, _S30, _S31, _S11 = (np.uint64(s) for s in (27, 30, 31, 11))
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * _MUL1
-    z = (z ^ (z >> np.uint64(27))) * _MUL2
-    mixed: np.ndarray = z ^ (z >> np.uint64(31))
-    return mixed
+    """SplitMix64 finaliser, in place on a fresh uint64 array (wrapping arithmetic)."""
+    z ^= z >> _S30
+    z *= _MUL1
+    z ^= z >> _S27
+    z *= _MUL2
+    z ^= z >> _S31
+    return z
 
 
-def task_keys(seed: int, task_indices: np.ndarray) -> np.ndarray:
-    """One well-mixed 64-bit key per task, from the stream seed and the task's index."""
-    seed_key = _mix(np.asarray([seed], dtype=np.uint64) * _GOLDEN + _GOLDEN)
-    return _mix(seed_key ^ _mix(np.asarray(task_indices, dtype=np.uint64) + _GOLDEN))
+def seed_key(seed: int) -> np.ndarray:
+    """A well-mixed 64-bit key for a stream seed, shape ``(1,)``."""
+    return _mix(np.asarray([seed], dtype=np.uint64) * _GOLDEN + _GOLDEN)
+
+
+def task_keys(seed: int | np.ndarray, task_indices: np.ndarray) -> np.ndarray:
+    """One well-mixed 64-bit key per task, from the stream seed and the task's index.
+
+    Args:
+        seed: The stream seed, or its :func:`seed_key` (saves a mix per call).
+        task_indices: Indices of the tasks in the stream.
+    """
+    key = seed_key(seed) if isinstance(seed, int) else seed
+    # SplitMix64's own sequence, started at the seed's key: index i is its i-th output.
+    return _mix(key + (np.asarray(task_indices, dtype=np.uint64) + np.uint64(1)) * _GOLDEN)
 
 
 def uniform(keys: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -43,11 +60,19 @@ def uniform(keys: np.ndarray, stream: int, shape: tuple[int, ...]) -> np.ndarray
         stream: Independent stream number (0 .. 2**31), one per purpose.
         shape: Shape of the block drawn for every key.
     """
-    size = int(np.prod(shape, dtype=np.int64))
+    z = keys[..., None] + _offsets(stream, math.prod(shape))
+    values = (_mix(z) >> _S11).astype(np.float64)
+    values *= _TWO_POW_MINUS_53
+    return values.reshape(*keys.shape, *shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(stream: int, size: int) -> np.ndarray:
+    """``(stream * 2**32 + j + 1) * G`` for j < size (cached: samplers reuse a few shapes)."""
     counters = np.arange(1, size + 1, dtype=np.uint64) + np.uint64(stream << 32)
-    z = keys.reshape(*keys.shape, 1) + counters * _GOLDEN
-    bits = _mix(z) >> np.uint64(11)
-    return (bits.astype(np.float64) * _TWO_POW_MINUS_53).reshape(*keys.shape, *shape)
+    offsets = counters * _GOLDEN
+    offsets.flags.writeable = False
+    return offsets
 
 
 def sample_without_replacement(
@@ -68,7 +93,6 @@ def sample_without_replacement(
         int64 positions, shape ``(R, count)``.
     """
     rows = len(keys)
-    population = np.asarray(population, dtype=np.int64)
     if rows == 0 or count == 0:
         return np.zeros((rows, count), dtype=np.int64)
     smallest = int(population.min())
@@ -82,11 +106,18 @@ def sample_without_replacement(
     if smallest != largest:
         # Positions past a row's population sort last and are never picked.
         scores[np.arange(largest)[None, :] >= population[:, None]] = np.inf
-    if count < largest:
+    if count * 2 < largest:
         part = np.argpartition(scores, count - 1, axis=1)[:, :count]
         order = np.argsort(np.take_along_axis(scores, part, axis=1), axis=1)
         return np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return np.argsort(scores, axis=1).astype(np.int64)
+    return np.argsort(scores, axis=1)[:, :count].astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _strictly_lower(size: int) -> np.ndarray:
+    mask = np.tri(size, size, k=-1, dtype=bool)
+    mask.flags.writeable = False
+    return mask
 
 
 def _distinct_candidates(
@@ -95,8 +126,8 @@ def _distinct_candidates(
     """First ``count`` distinct values among random candidates, or None if a row falls short."""
     values = (uniform(keys, stream, (candidates,)) * population[:, None]).astype(np.int64)
     equal = values[:, :, None] == values[:, None, :]
-    repeat = np.tril(equal, k=-1).any(axis=2)
-    if int((~repeat).sum(axis=1).min()) < count:
+    repeat = (equal & _strictly_lower(candidates)).any(axis=2)
+    if repeat.any() and int((~repeat).sum(axis=1).min()) < count:
         return None
     first = np.argsort(repeat, axis=1, kind="stable")[:, :count]
     return np.take_along_axis(values, first, axis=1)
