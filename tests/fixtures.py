@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from collections.abc import Mapping
@@ -80,10 +81,11 @@ LAKE_FIXTURE_WAYS = 20
 
 
 def lake_answer_key(run: int) -> list[int]:
-    """Correct class (0-19) of ``item01`` ... ``item20`` in run ``run`` of :func:`write_lake_runs`."""
+    """Correct class (0-19) of ``item01`` ... ``item20`` of run ``run`` of write_lake_runs."""
     return [int(c) for c in np.random.default_rng(run).permutation(LAKE_FIXTURE_WAYS)]
 
 
+@functools.lru_cache(maxsize=2)
 def _background_drawings(source: Path) -> dict[str, dict[str, dict[int, str]]]:
     """Alphabet -> character -> drawer -> member name of an official background zip."""
     found: dict[str, dict[str, dict[int, str]]] = {}
@@ -154,7 +156,9 @@ def write_lake_runs(
                 files[f"{prefix}/training/class{c:02d}.png"] = data
             for k, c in enumerate(lake_answer_key(run), start=1):
                 files[f"{prefix}/test/item{k:02d}.png"] = query_images[c]
-                lines.append(f"{prefix}/test/item{k:02d}.png {prefix}/training/class{c + 1:02d}.png")
+                lines.append(
+                    f"{prefix}/test/item{k:02d}.png {prefix}/training/class{c + 1:02d}.png"
+                )
             files[f"{prefix}/class_labels.txt"] = ("\n".join(lines) + "\n").encode()
     finally:
         if archive is not None:
