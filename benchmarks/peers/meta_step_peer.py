@@ -40,7 +40,8 @@ class Conv4Strided(nn.Module):
         self.head = nn.Linear(hidden, ways)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+        logits: Tensor = self.head(self.features(x).mean(dim=(2, 3)))
+        return logits
 
 
 # Canonical names shared with metarch's side -> this module's parameter names.
@@ -56,7 +57,10 @@ def canonical_names(model: Conv4Strided) -> dict[str, str]:
     return names
 
 
-def maml_learn2learn(model: nn.Module, steps: int, first_order: bool, lr: float) -> Callable:
+MetaGradient = Callable[[Tensor, Tensor, Tensor, Tensor], None]
+
+
+def maml_learn2learn(model: nn.Module, steps: int, first_order: bool, lr: float) -> MetaGradient:
     import learn2learn as l2l
 
     maml = l2l.algorithms.MAML(model, lr=lr, first_order=first_order)
@@ -72,7 +76,7 @@ def maml_learn2learn(model: nn.Module, steps: int, first_order: bool, lr: float)
     return meta_gradient
 
 
-def maml_higher(model: nn.Module, steps: int, first_order: bool, lr: float) -> Callable:
+def maml_higher(model: nn.Module, steps: int, first_order: bool, lr: float) -> MetaGradient:
     import higher
 
     inner = torch.optim.SGD(model.parameters(), lr=lr)
@@ -90,7 +94,7 @@ def maml_higher(model: nn.Module, steps: int, first_order: bool, lr: float) -> C
     return meta_gradient
 
 
-def maml_torchopt(model: nn.Module, steps: int, first_order: bool, lr: float) -> Callable:
+def maml_torchopt(model: nn.Module, steps: int, first_order: bool, lr: float) -> MetaGradient:
     import torchopt
 
     if first_order:
@@ -159,10 +163,9 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         meta_gradient(*inputs)
         if iteration == 0 and args.grad_out:
-            np.savez(
-                args.grad_out,
-                **{c: own[n].grad.detach().numpy() for c, n in names.items()},  # type: ignore[union-attr]
-            )
+            grads = {c: own[n].grad for c, n in names.items()}
+            arrays = {c: g.detach().numpy() for c, g in grads.items() if g is not None}
+            np.savez(Path(args.grad_out), **arrays)  # type: ignore[arg-type]
         optimizer.step()
         if iteration > 0:  # the first iteration warms up allocators and lazy imports
             times.append(time.perf_counter() - start)
