@@ -163,6 +163,7 @@ def adapt_task(
     training: bool,
     record: RecordedStatistics | None = None,
     loss_fn: LossFn = F.cross_entropy,
+    fused_norm: bool = False,
 ) -> list[Params]:
     """Adapt ``params`` to one support set; return the parameters after every step.
 
@@ -178,6 +179,8 @@ def adapt_task(
         training: Meta-training (True) or evaluation (False); decides batch-norm statistics.
         record: Where batch-norm layers record batch statistics.
         loss_fn: Support loss.
+        fused_norm: Fused batch-norm kernels (faster; never under ``vmap``, see
+            :class:`~metarch.models.norm.BatchNormContext`).
 
     Returns:
         ``[params, params after step 1, ..., params after step S]``.
@@ -190,7 +193,9 @@ def adapt_task(
         # Statistics leave the grad transform as its auxiliary output; stored from inside
         # it they would be tensors escaping the transform.
         local = RecordedStatistics() if record is not None else None
-        context = BatchNormContext(step=step, use_running=use_running, record=local)
+        context = BatchNormContext(
+            step=step, use_running=use_running, record=local, fused=fused_norm
+        )
         logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context)
         aux = (local.means, local.variances) if local is not None else ({}, {})
         return loss_fn(logits, support_y), aux
@@ -229,6 +234,7 @@ def run_task(
     training: bool,
     record_statistics: bool = False,
     loss_fn: LossFn = F.cross_entropy,
+    fused_norm: bool = False,
 ) -> tuple[Tensor, Tensor, RecordedStatistics]:
     """Adapt to one task's support set and score its queries; safe to ``vmap`` over tasks.
 
@@ -250,6 +256,7 @@ def run_task(
         training=training,
         record=record,
         loss_fn=loss_fn,
+        fused_norm=fused_norm,
     )
     use_running = config.norm_policy.uses_running_statistics(inner=False, training=training)
     weights = config.query_weights()
@@ -262,7 +269,10 @@ def run_task(
         if weight == 0.0 and step != last:
             continue
         context = BatchNormContext(
-            step=step, use_running=use_running, record=record if step == last else None
+            step=step,
+            use_running=use_running,
+            record=record if step == last else None,
+            fused=fused_norm,
         )
         logits = _forward(model, trajectory[step], buffers, query_x, context)
         loss = loss + weight * loss_fn(logits, query_y)

@@ -147,6 +147,7 @@ class MAML(MetaLearner):
                 config=self.config,
                 training=True,
                 record_statistics=self._records_statistics(),
+                fused_norm=True,
             )
             # One backward per task keeps one task's graph in memory at a time.
             (loss / tasks).backward()
@@ -221,9 +222,11 @@ class MAML(MetaLearner):
                 rates=self.rates,
                 config=self.eval_config,
                 training=training,
+                fused_norm=True,
             )[-1]
         adapted = {name: p.detach() for name, p in adapted.items()}
         context = BatchNormContext(
+            fused=True,
             step=self.eval_config.steps,
             use_running=self.eval_config.norm_policy.uses_running_statistics(
                 inner=False, training=training
