@@ -6,7 +6,7 @@ The CLI prints these as one line and exits non-zero; anything else is a bug and 
 traceback.
 """
 
-__all__ = ["DataError", "DownloadError", "EpisodeError", "MetarchError"]
+__all__ = ["ConfigError", "DataError", "DownloadError", "EpisodeError", "MetarchError"]
 
 
 class MetarchError(Exception):
@@ -19,6 +19,10 @@ class DataError(MetarchError):
 
 class DownloadError(DataError):
     """An archive could not be fetched (for example, no internet)."""
+
+
+class ConfigError(MetarchError):
+    """A configuration file or override is invalid (the message names the key)."""
 
 
 class EpisodeError(MetarchError):

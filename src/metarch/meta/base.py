@@ -57,6 +57,9 @@ class MetaLearner(nn.Module, ABC):
 
     #: Registered name, set by :data:`META_LEARNERS` registration.
     name: str = ""
+    #: Whether the learner needs a classifier with a ``ways``-output head (MAML family) or
+    #: works on embeddings directly (metric-based learners).
+    needs_classifier_head: bool = True
 
     def meta_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the outer optimizer updates (all parameters by default)."""

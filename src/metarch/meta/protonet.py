@@ -73,6 +73,8 @@ class PrototypicalNetwork(MetaLearner):
             docstring) instead of one forward per task.
     """
 
+    needs_classifier_head = False
+
     def __init__(
         self,
         model: nn.Module,

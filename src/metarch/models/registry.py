@@ -7,6 +7,7 @@ metric-based learners use the features directly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,22 +23,14 @@ __all__ = ["MODELS", "FewShotClassifier", "create_model", "feature_dim"]
 MODELS: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
 
-@MODELS.register("conv4")
-def conv4(**kwargs: Any) -> nn.Module:
-    """Conv-4 with max-pooling (prototypical networks; MAML on mini-ImageNet)."""
-    return Conv4(pool="max", **kwargs)
-
-
-@MODELS.register("conv4-strided")
-def conv4_strided(**kwargs: Any) -> nn.Module:
-    """Conv-4 with strided convolutions instead of pooling (MAML on Omniglot)."""
-    return Conv4(pool="stride", **kwargs)
-
-
-@MODELS.register("resnet12")
-def resnet12(**kwargs: Any) -> nn.Module:
-    """ResNet-12 (TADAM, MetaOptNet); pooled 640-d features by default."""
-    return ResNet12(**kwargs)
+# Entries are classes, or partials of them, so that configs can check options against the
+# class's signature.
+# Conv-4 with max-pooling (prototypical networks; MAML on mini-ImageNet).
+MODELS.add("conv4", functools.partial(Conv4, pool="max"))
+# Conv-4 with strided convolutions instead of pooling (MAML on Omniglot).
+MODELS.add("conv4-strided", functools.partial(Conv4, pool="stride"))
+# ResNet-12 (TADAM, MetaOptNet); pooled 640-d features by default.
+MODELS.add("resnet12", ResNet12)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

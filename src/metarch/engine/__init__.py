@@ -1,0 +1,1 @@
+"""Training engine: configs, checkpoints, the training loop, evaluation, distributed runs."""

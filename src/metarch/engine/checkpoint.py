@@ -1,0 +1,196 @@
+"""Checkpoints: safetensors weights plus a JSON sidecar, written so a crash never corrupts them.
+
+A checkpoint called ``TAG`` (``last``, ``best``) in a run directory is
+
+* ``TAG-STEP.safetensors`` — the learner's state (parameters and buffers), the outer
+  optimizer's tensors (``optimizer/...``) and the torch RNG state (``rng/torch``);
+* ``TAG.json`` — the sidecar: step, config, metrics, the optimizer's non-tensor state,
+  the Python and numpy RNG states, and the name and SHA-256 of the tensor file.
+
+The tensor file is written under a new name first; the sidecar is then replaced atomically
+and names it, and only then are older tensor files of the tag removed. Whatever moment a
+process is killed, ``TAG.json`` names a complete file. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from metarch.errors import MetarchError
+from metarch.utils.io import atomic_write_bytes, atomic_write_text, sha256_file
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+FORMAT = 1
+
+
+class CheckpointError(MetarchError):
+    """A checkpoint is missing, incomplete or does not match the run."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        step: Meta-training steps completed.
+        model_state: Learner state dict.
+        optimizer_state: Outer optimizer state dict (``None`` if it was not saved).
+        config: The run's resolved config (as a mapping).
+        metrics: Metrics recorded with the checkpoint.
+        rng: Saved RNG states (restored by :func:`restore_rng_state`).
+        path: The sidecar file.
+    """
+
+    step: int
+    model_state: dict[str, Tensor]
+    optimizer_state: dict[str, Any] | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    rng: dict[str, Any]
+    path: Path
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors of an optimizer state dict, keyed by path, and the JSON-able rest."""
+    tensors: dict[str, Tensor] = {}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        plain_state[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer/{index}/{name}"] = value.detach().clone().contiguous()
+            else:
+                plain_state[str(index)][name] = value
+    return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
+
+
+def _join_optimizer_state(tensors: dict[str, Tensor], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
+    for key, value in tensors.items():
+        _, index, name = key.split("/", 2)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _python_rng_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng_state() -> list[Any]:
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True always gives the MT19937 tuple
+    name, keys, position, has_gauss, cached = state
+    return [name, np.asarray(keys).tolist(), int(position), int(has_gauss), float(cached)]
+
+
+def restore_rng_state(rng: dict[str, Any]) -> None:
+    """Restore the global torch, Python and numpy RNG states saved in a checkpoint."""
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in rng:
+        name, keys, position, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    tag: str,
+    *,
+    step: int,
+    model_state: dict[str, Tensor],
+    optimizer_state: dict[str, Any] | None,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint ``tag`` of ``run_dir`` (see the module docstring).
+
+    Returns:
+        The sidecar path.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().clone().contiguous() for k, v in model_state.items()}
+    plain_optimizer = None
+    if optimizer_state is not None:
+        optimizer_tensors, plain_optimizer = _split_optimizer_state(optimizer_state)
+        tensors.update(optimizer_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    tensor_file = run_dir / f"{tag}-{step:08d}.safetensors"
+    atomic_write_bytes(tensor_file, save_safetensors(tensors))
+    sidecar = {
+        "format": FORMAT,
+        "step": step,
+        "tensors": tensor_file.name,
+        "sha256": sha256_file(tensor_file),
+        "config": config,
+        "metrics": metrics or {},
+        "optimizer": plain_optimizer,
+        "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
+    }
+    path = run_dir / f"{tag}.json"
+    atomic_write_text(path, json.dumps(sidecar, indent=1) + "\n")
+    # Only now, with the sidecar pointing at the new file, do older files of the tag go.
+    for old in run_dir.glob(f"{tag}-*.safetensors"):
+        if old != tensor_file:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint from its sidecar (``RUN/last.json``) or its run directory + tag.
+
+    Raises:
+        CheckpointError: If the sidecar or its tensor file is missing or does not match.
+    """
+    if path.is_dir():
+        path = path / "last.json"
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} ({exc})") from None
+    if sidecar.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {sidecar.get('format')!r}")
+    tensor_file = path.parent / sidecar["tensors"]
+    if not tensor_file.is_file():
+        raise CheckpointError(f"{path} names {tensor_file.name}, which is missing")
+    if sha256_file(tensor_file) != sidecar["sha256"]:
+        raise CheckpointError(f"{tensor_file} does not match the checksum in {path}")
+    tensors = load_safetensors(tensor_file.read_bytes())
+    model_state = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer/")}
+    optimizer_state = None
+    if sidecar["optimizer"] is not None:
+        optimizer_state = _join_optimizer_state(optimizer_tensors, sidecar["optimizer"])
+    rng = dict(sidecar["rng"])
+    rng["torch"] = tensors["rng/torch"]
+    return Checkpoint(
+        step=int(sidecar["step"]),
+        model_state=model_state,
+        optimizer_state=optimizer_state,
+        config=sidecar["config"],
+        metrics=sidecar["metrics"],
+        rng=rng,
+        path=path,
+    )

@@ -1,0 +1,307 @@
+"""Training configuration: YAML files validated by pydantic, overridable from the CLI.
+
+A config names everything a run depends on. Unknown keys, wrong types and impossible
+combinations are errors that name the key (``method.options.inner_lr: ...``), raised as
+:class:`~metarch.errors.ConfigError`. ``--set key=value`` overrides any key by its dotted
+path; values are parsed as YAML scalars (``--set steps=20 --set method.options.first_order=true``).
+
+The options of a method and of a backbone are checked against the signature of the class or
+factory registered under that name, so a config can never pass an argument the code does
+not take.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from metarch.errors import ConfigError
+from metarch.meta.base import META_LEARNERS
+from metarch.models.registry import MODELS
+
+__all__ = [
+    "DataConfig",
+    "EpisodeConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "ValidationConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where episodes come from.
+
+    Attributes:
+        root: Data root (default: ``--data-root``, ``METARCH_DATA``, ...).
+        train_set: Class pool for meta-training (``--set`` syntax: ``background:train``, a
+            set name, or a split file).
+        val_set: Class pool for validation (held-out classes).
+        image_size: Side of the decoded images.
+        rotations: Add 90/180/270-degree rotations of the training classes as classes.
+    """
+
+    root: str | None = None
+    train_set: str = "background:train"
+    val_set: str = "background:val"
+    image_size: int = Field(28, ge=8, le=512)
+    rotations: bool = True
+
+
+class EpisodeConfig(_Strict):
+    """Shape of the episodes of one phase.
+
+    Attributes:
+        ways: Classes per episode.
+        shots: Support images per class.
+        queries: Query images per class.
+        within_alphabet: Draw the classes of an episode from one alphabet.
+    """
+
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(15, ge=1)
+    within_alphabet: bool = False
+
+
+class MethodConfig(_Strict):
+    """The meta-learner and its options (checked against its constructor)."""
+
+    name: str = "protonet"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    """The backbone and its options (checked against its factory)."""
+
+    name: str = "conv4"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Strict):
+    """Outer (meta) optimizer.
+
+    Attributes:
+        name: ``adam`` or ``sgd``.
+        lr: Learning rate.
+        weight_decay: L2 penalty.
+        lr_decay_every: Multiply the rate by ``lr_decay`` every this many steps (0: never).
+        lr_decay: Factor of each decay.
+        grad_clip: Clip the meta-gradient norm to this value (0: no clipping).
+    """
+
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_decay_every: int = Field(0, ge=0)
+    lr_decay: float = Field(0.5, gt=0, le=1)
+    grad_clip: float = Field(0.0, ge=0)
+
+
+class ValidationConfig(_Strict):
+    """Periodic validation on held-out classes.
+
+    Attributes:
+        every: Validate every this many steps (0: only at the end).
+        episodes: Episodes per validation.
+        episode: Shape of validation episodes (default: the training shape).
+        seed: Seed of the validation episode stream (fixed, so validations are comparable).
+    """
+
+    every: int = Field(500, ge=0)
+    episodes: int = Field(200, ge=1)
+    episode: EpisodeConfig | None = None
+    seed: int = Field(10_000, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Everything a training run depends on.
+
+    Attributes:
+        seed: Seed of the model initialisation and of the training episode stream.
+        steps: Meta-training steps.
+        meta_batch: Episodes per meta-training step.
+        method: Meta-learner.
+        model: Backbone.
+        data: Data sources.
+        episodes: Shape of meta-training episodes.
+        optimizer: Outer optimizer.
+        validation: Validation schedule.
+        checkpoint_every: Save the ``last`` checkpoint every this many steps.
+        log_every: Write a metrics line every this many steps.
+    """
+
+    seed: int = Field(0, ge=0)
+    steps: int = Field(1000, ge=1)
+    meta_batch: int = Field(1, ge=1)
+    method: MethodConfig = MethodConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    episodes: EpisodeConfig = EpisodeConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    validation: ValidationConfig = ValidationConfig()
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_registered_options(self) -> TrainConfig:
+        if self.method.name not in META_LEARNERS:
+            raise ValueError(
+                f"method.name: unknown meta-learner {self.method.name!r}; known: "
+                f"{', '.join(META_LEARNERS.names())}"
+            )
+        if self.model.name not in MODELS:
+            raise ValueError(
+                f"model.name: unknown backbone {self.model.name!r}; "
+                f"known: {', '.join(MODELS.names())}"
+            )
+        _check_options(
+            "method.options", META_LEARNERS.get(self.method.name), self.method.options, skip=1
+        )
+        _check_options("model.options", MODELS.get(self.model.name), self.model.options, skip=0)
+        return self
+
+    @property
+    def validation_episode(self) -> EpisodeConfig:
+        """Shape of validation episodes."""
+        return self.validation.episode or self.episodes
+
+
+def _signature_owner(target: Callable[..., Any]) -> tuple[Callable[..., Any], set[str]]:
+    """The function whose named parameters are ``target``'s options, and those already bound.
+
+    Subclasses that only forward ``**kwargs`` (FOMAML, ANIL, ...) take their parent's
+    signature; a ``functools.partial`` takes its class's, less the keywords it binds.
+    """
+    bound: set[str] = set()
+    if isinstance(target, functools.partial):
+        bound = set(target.keywords)
+        target = target.func
+    if not inspect.isclass(target):
+        return target, bound
+    for klass in target.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            return typing.cast(Callable[..., Any], init), bound
+    return typing.cast(Callable[..., Any], target.__init__), bound
+
+
+def _check_options(
+    where: str, target: Callable[..., Any], options: Mapping[str, Any], *, skip: int
+) -> None:
+    """Validate ``options`` against the keyword parameters of ``target``."""
+    owner, bound = _signature_owner(target)
+    signature = inspect.signature(owner)
+    hints = typing.get_type_hints(owner)
+    fields: dict[str, Any] = {}
+    parameters = [p for p in signature.parameters.values() if p.name != "self"]
+    for parameter in parameters[skip:]:
+        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if parameter.name in bound:
+            continue
+        annotation = hints.get(parameter.name, Any)
+        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
+        fields[parameter.name] = (annotation, default)
+    model = create_model(
+        f"{where}", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+    )
+    try:
+        model(**options)
+    except ValidationError as exc:
+        raise ValueError(_format_errors(exc, prefix=where)) from None
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> str:
+    messages = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"])
+        key = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        if error["type"] == "value_error":
+            # Our own validators already name the key in their message.
+            messages.append(str(error.get("ctx", {}).get("error", error["msg"])))
+            continue
+        text = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        messages.append(f"{key}: {text}")
+    return "; ".join(messages)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a config mapping."""
+    result = _deep_copy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got {override!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse {raw!r} ({exc})") from None
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read, override and validate a training config.
+
+    Args:
+        path: YAML file, or ``None`` for the built-in defaults.
+        overrides: ``key.path=value`` strings applied before validation.
+
+    Raises:
+        ConfigError: Naming the file and every offending key.
+    """
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path} ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_format_errors(exc)}") from None
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The config as YAML (what a run directory stores as ``config.yaml``)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,320 @@
+"""The meta-training loop: episodes in, checkpoints, metrics and validation out.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON
+object per logged step and per validation), TensorBoard events under ``tensorboard/``, and
+the ``last`` and ``best`` checkpoints (:mod:`metarch.engine.checkpoint`).
+
+Resuming is exact: episodes are a pure function of ``(seed, step)``, and a checkpoint holds
+everything else that changes during training (weights, buffers, optimizer state, RNG
+states). A resumed run therefore ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarch.data.episodes import EpisodeSampler
+from metarch.data.paths import resolve_data_root
+from metarch.data.pools import ClassPool
+from metarch.data.resolve import load_pool
+from metarch.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from metarch.engine.config import TrainConfig, dump_config
+from metarch.errors import MetarchError
+from metarch.meta.base import META_LEARNERS, MetaLearner
+from metarch.models.registry import FewShotClassifier, create_model
+from metarch.utils.io import atomic_write_text
+
+__all__ = [
+    "EvaluationResult",
+    "TrainingError",
+    "Trainer",
+    "build_learner",
+    "evaluate_learner",
+]
+
+
+class TrainingError(MetarchError):
+    """Training cannot go on (a non-finite loss, a mismatched resume, ...)."""
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Mean accuracy over episodes with its 95% confidence interval.
+
+    Attributes:
+        accuracy: Mean query accuracy, in percent.
+        ci95: Half-width of the 95% confidence interval of the mean, in percent.
+        episodes: Number of episodes.
+    """
+
+    accuracy: float
+    ci95: float
+    episodes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``."""
+        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
+
+
+def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
+    """The meta-learner a config describes, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    options = dict(config.model.options)
+    options.setdefault("in_channels", image_shape[0])
+    backbone = create_model(config.model.name, **options)
+    learner_class = META_LEARNERS.get(config.method.name)
+    model: nn.Module = backbone
+    if learner_class.needs_classifier_head:
+        model = FewShotClassifier(backbone, config.episodes.ways, image_shape)
+    return learner_class(model, **config.method.options)
+
+
+def evaluate_learner(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    *,
+    batch: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream)."""
+    was_training = learner.training
+    learner.eval()
+    accuracies = []
+    try:
+        done = 0
+        for start in range(0, episodes, batch):
+            indices = list(range(start, min(start + batch, episodes)))
+            accuracies.append(learner.evaluate(sampler.tasks(indices)))
+            done += len(indices)
+            if progress is not None:
+                progress(done, episodes)
+    finally:
+        learner.train(was_training)
+    values = torch.cat(accuracies).double() * 100.0
+    std = float(values.std(unbiased=True)) if len(values) > 1 else 0.0
+    return EvaluationResult(
+        accuracy=float(values.mean()),
+        ci95=1.96 * std / math.sqrt(len(values)),
+        episodes=len(values),
+    )
+
+
+class Trainer:
+    """Meta-trains the learner a config describes, in a run directory.
+
+    Args:
+        config: The run's config.
+        run_dir: Where the run writes (created if missing).
+        resume: Continue from ``run_dir/last.json``.
+        data_root: Data root (overrides ``config.data.root``).
+        on_step: Called after every step with (step, metrics) — the CLI's progress bar.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        data_root: str | os.PathLike[str] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.on_step = on_step
+        root = resolve_data_root(data_root if data_root is not None else config.data.root)
+        self.train_pool = load_pool(
+            config.data.train_set,
+            root,
+            image_size=config.data.image_size,
+            rotations=config.data.rotations,
+        )
+        self.val_pool: ClassPool = load_pool(
+            config.data.val_set, root, image_size=config.data.image_size
+        )
+        shape = config.episodes
+        self.sampler = EpisodeSampler(
+            self.train_pool,
+            shape.ways,
+            shape.shots,
+            shape.queries,
+            seed=config.seed,
+            within_group=shape.within_alphabet,
+        )
+        val_shape = config.validation_episode
+        self.val_sampler = EpisodeSampler(
+            self.val_pool,
+            val_shape.ways,
+            val_shape.shots,
+            val_shape.queries,
+            seed=config.validation.seed,
+            within_group=val_shape.within_alphabet,
+        )
+        self.learner = build_learner(config, self.train_pool.dataset.image_shape)
+        self.optimizer = self._make_optimizer()
+        self.start_step = 0
+        self.best_accuracy = -1.0
+        if resume:
+            self._resume()
+        else:
+            self._start_fresh()
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        settings = self.config.optimizer
+        parameters = list(self.learner.meta_parameters())
+        if settings.name == "sgd":
+            return torch.optim.SGD(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def _learning_rate(self, step: int) -> float:
+        settings = self.config.optimizer
+        if settings.lr_decay_every == 0:
+            return settings.lr
+        return settings.lr * settings.lr_decay ** (step // settings.lr_decay_every)
+
+    def _start_fresh(self) -> None:
+        if (self.run_dir / "last.json").exists():
+            raise TrainingError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        try:
+            checkpoint = load_checkpoint(self.run_dir / "last.json")
+        except CheckpointError as exc:
+            raise TrainingError(f"cannot resume: {exc}") from None
+        saved = dict(checkpoint.config)
+        current = self.config.model_dump(mode="json")
+        # Only the length of the run may change on resume; anything else is another run.
+        saved.pop("steps", None)
+        current.pop("steps", None)
+        if saved != current:
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise TrainingError(
+                f"cannot resume {self.run_dir}: the config differs from the saved one in "
+                f"{', '.join(changed)}"
+            )
+        self.learner.load_state_dict(checkpoint.model_state)
+        if checkpoint.optimizer_state is not None:
+            self.optimizer.load_state_dict(checkpoint.optimizer_state)
+        restore_rng_state(checkpoint.rng)
+        self.start_step = checkpoint.step
+        self.best_accuracy = float(checkpoint.metrics.get("best_accuracy", -1.0))
+        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
+        self._truncate_metrics(checkpoint.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint a run resumes from."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+    # -- loop ------------------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any], writer: Any) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "phase") and isinstance(value, int | float):
+                    writer.add_scalar(f"{record['phase']}/{key}", value, record["step"])
+
+    def _checkpoint(self, tag: str, step: int, metrics: dict[str, Any]) -> None:
+        save_checkpoint(
+            self.run_dir,
+            tag,
+            step=step,
+            model_state=self.learner.state_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            config=self.config.model_dump(mode="json"),
+            metrics={**metrics, "best_accuracy": self.best_accuracy},
+        )
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.learner.meta_parameters() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    def validate(self) -> EvaluationResult:
+        """Validation accuracy on the held-out pool (fixed episodes)."""
+        return evaluate_learner(self.learner, self.val_sampler, self.config.validation.episodes)
+
+    def run(self) -> dict[str, Any]:
+        """Train from the current step to ``config.steps``; return the final metrics."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        config = self.config
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self.learner.train()
+        last: dict[str, Any] = {}
+        started = time.perf_counter()
+        try:
+            for step in range(self.start_step, config.steps):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._learning_rate(step)
+                batch = self.sampler.sample(config.meta_batch, batch_index=step)
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics = self.learner.compute_meta_gradients(batch)
+                if not (math.isfinite(metrics.loss) and self._gradients_finite()):
+                    what = "loss" if not math.isfinite(metrics.loss) else "meta-gradient"
+                    raise TrainingError(
+                        f"the {what} became non-finite at step {step + 1} (loss "
+                        f"{metrics.loss}); stopped without updating the weights. The last "
+                        f"good checkpoint is {self.run_dir / 'last.json'}; lower "
+                        "optimizer.lr or the inner learning rate, then resume or restart"
+                    )
+                if config.optimizer.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        list(self.learner.meta_parameters()), config.optimizer.grad_clip
+                    )
+                self.optimizer.step()
+                done = step + 1
+                last = {"loss": metrics.loss, "accuracy": 100.0 * metrics.accuracy}
+                if self.on_step is not None:
+                    self.on_step(done, last)
+                if done % config.log_every == 0 or done == config.steps:
+                    record = {"phase": "train", "step": done, **last}
+                    record["lr"] = self._learning_rate(step)
+                    record["seconds"] = time.perf_counter() - started
+                    self._log(record, writer)
+                validate_now = config.validation.every and done % config.validation.every == 0
+                if validate_now or done == config.steps:
+                    result = self.validate()
+                    self._log({"phase": "val", "step": done, **result.to_json()}, writer)
+                    last["val_accuracy"] = result.accuracy
+                    last["val_ci95"] = result.ci95
+                    if result.accuracy > self.best_accuracy:
+                        self.best_accuracy = result.accuracy
+                        self._checkpoint("best", done, last)
+                if done % config.checkpoint_every == 0 or done == config.steps:
+                    self._checkpoint("last", done, last)
+        finally:
+            writer.close()
+        return last

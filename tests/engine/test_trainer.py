@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from metarch.engine.checkpoint import load_checkpoint
+from metarch.engine.config import load_config
+from metarch.engine.trainer import Trainer, TrainingError
+from metarch.errors import ConfigError
+from tests.fixtures import write_omniglot_set
+
+BASE = {
+    "seed": 1,
+    "steps": 6,
+    "meta_batch": 2,
+    "model": {"name": "conv4", "options": {"hidden": 8}},
+    "data": {"train_set": "background", "val_set": "evaluation", "rotations": True},
+    "episodes": {"ways": 3, "shots": 1, "queries": 2},
+    "validation": {"every": 3, "episodes": 4},
+    "checkpoint_every": 1,
+    "log_every": 1,
+}
+METHODS = {
+    "protonet": {"name": "protonet"},
+    "maml": {"name": "maml", "options": {"inner_lr": 0.1, "steps": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
+    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=6, first_id=100)
+    return root
+
+
+def write_config(path: Path, method: str, **changes: object) -> Path:
+    config = json.loads(json.dumps(BASE)) | {"method": METHODS[method]} | changes
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def final_tensors(run: Path) -> dict[str, torch.Tensor]:
+    sidecar = json.loads((run / "last.json").read_text())
+    return load_file(run / sidecar["tensors"])
+
+
+def train(config: Path, run: Path, data_root: Path, *overrides: str, resume: bool = False) -> None:
+    trainer = Trainer(load_config(config, overrides), run, resume=resume, data_root=data_root)
+    trainer.run()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resume_is_bit_identical(method: str, tmp_path: Path, data_root: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", method)
+    train(config, tmp_path / "full", data_root)
+    train(config, tmp_path / "split", data_root, "steps=4")
+    assert load_checkpoint(tmp_path / "split" / "last.json").step == 4
+    train(config, tmp_path / "split", data_root, resume=True)
+    full, split = final_tensors(tmp_path / "full"), final_tensors(tmp_path / "split")
+    assert full.keys() == split.keys()
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+
+    # The training log of the resumed run reads like the uninterrupted one (no duplicates;
+    # the shorter first leg adds its own final validation at step 4).
+    def train_steps(run: Path) -> list[int]:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+        return [r["step"] for r in records if r["phase"] == "train"]
+
+    assert train_steps(tmp_path / "split") == train_steps(tmp_path / "full") == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, data_root: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "maml", steps=40)
+    train(config, tmp_path / "full", data_root)
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "metarch", "train", "--config", str(config)]
+    command += ["--out", str(run), "--data-root", str(data_root)]
+    # Bit-identical needs the same thread count (reduction order) as the in-process runs.
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            sidecar = run / "last.json"
+            if sidecar.exists() and json.loads(sidecar.read_text())["step"] >= 5:
+                break
+            if process.poll() is not None:
+                error = process.stderr.read().decode() if process.stderr else ""
+                pytest.fail(f"training ended early: {error}")
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    killed_at = load_checkpoint(run / "last.json").step
+    assert 5 <= killed_at < 40
+    train(config, run, data_root, resume=True)
+    full, resumed = final_tensors(tmp_path / "full"), final_tensors(run)
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    # No stray tensor files are left from the interrupted writes.
+    assert len(list(run.glob("last-*.safetensors"))) == 1
+
+
+def test_run_directory_contents(tmp_path: Path, data_root: Path) -> None:
+    run = tmp_path / "run"
+    train(write_config(tmp_path / "c.yaml", "protonet"), run, data_root, "seed=3")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["seed"] == 3 and saved["steps"] == 6
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    validations = [r for r in records if r["phase"] == "val"]
+    assert [r["step"] for r in validations] == [3, 6]
+    assert all(0 <= r["accuracy"] <= 100 and r["ci95"] >= 0 for r in validations)
+    assert (run / "best.json").exists() and list((run / "tensorboard").iterdir())
+
+
+def test_existing_run_needs_resume(tmp_path: Path, data_root: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "protonet", steps=1)
+    train(config, tmp_path / "run", data_root)
+    with pytest.raises(TrainingError, match="pass --resume"):
+        train(config, tmp_path / "run", data_root)
+    with pytest.raises(TrainingError, match="differs from the saved one in seed"):
+        train(config, tmp_path / "run", data_root, "seed=9", resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, data_root: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", "maml", steps=30)
+    run = tmp_path / "run"
+    trainer = Trainer(load_config(config, ["optimizer.lr=1e6"]), run, data_root=data_root)
+    with pytest.raises(TrainingError, match="became non-finite"):
+        trainer.run()
+    checkpoint = load_checkpoint(run / "last.json")
+    assert all(torch.isfinite(t).all() for t in checkpoint.model_state.values())
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 3\nmethod: {name: maml, options: {inner_lrr: 0.1}}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: method.options.inner_lrr: unknown key"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"episodes.ways: Input should be greater"):
+        load_config(None, ["episodes.ways=1"])
+    with pytest.raises(ConfigError, match="--set takes KEY=VALUE"):
+        load_config(None, ["steps"])
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
