@@ -158,3 +158,30 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(path)
+
+
+def test_two_processes_match_one(tmp_path: Path, data_root: Path) -> None:
+    # SGD, not Adam: Adam rescales the rounding noise in the (zero in exact arithmetic)
+    # gradients of convolution biases that batch norm cancels into full-size steps.
+    optimizer = {"name": "sgd", "lr": 0.1}
+    config = write_config(tmp_path / "c.yaml", "maml", steps=3, meta_batch=4, optimizer=optimizer)
+    train(config, tmp_path / "one", data_root)
+    command = [sys.executable, "-m", "metarch", "train", "--config", str(config), "--nproc", "2"]
+    command += ["--out", str(tmp_path / "two"), "--data-root", str(data_root)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    one, two = final_tensors(tmp_path / "one"), final_tensors(tmp_path / "two")
+    for key in one:
+        if key.startswith("model/"):
+            assert torch.allclose(one[key], two[key], rtol=1e-4, atol=1e-6), key
+    assert not torch.equal(one["model/model.head.weight"], load_file_initial(tmp_path / "two"))
+
+
+def load_file_initial(run: Path) -> torch.Tensor:
+    """The head weight a fresh learner starts from (the run must have moved away from it)."""
+    from metarch.engine.trainer import build_learner
+
+    config = load_config(run / "config.yaml")
+    learner = build_learner(config, (1, 28, 28))
+    weight: torch.Tensor = learner.state_dict()["model.head.weight"]
+    return weight

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from torch.multiprocessing.spawn import ProcessExitedException
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -17,11 +19,51 @@ from rich.progress import (
 
 from metarch.cli.options import DATA_ROOT_OPTION
 from metarch.cli.progress import show_progress
-from metarch.engine.config import load_config
+from metarch.engine.config import TrainConfig, load_config
+from metarch.engine.distributed import current_group, launch
 from metarch.engine.trainer import Trainer
-from metarch.errors import ConfigError
+from metarch.errors import ConfigError, MetarchError
 
 __all__ = ["train"]
+
+
+def _train_process(config: TrainConfig, out: Path, resume: bool, data_root: Path | None) -> None:
+    """One training process (rank 0 draws the progress bar and prints the summary)."""
+    group = current_group()
+    try:
+        with show_progress():
+            trainer = Trainer(config, out, resume=resume, data_root=data_root)
+        console = Console(stderr=True)
+        columns = [
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        ]
+        visible = group.is_main and console.is_terminal
+        with Progress(*columns, console=console, disable=not visible) as progress:
+            task = progress.add_task(
+                "train", total=config.steps, completed=trainer.start_step, status=""
+            )
+
+            def on_step(step: int, metrics: dict[str, float]) -> None:
+                status = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.1f}%"
+                progress.update(task, completed=step, status=status)
+
+            trainer.on_step = on_step
+            final = trainer.run()
+    except MetarchError as exc:
+        if not group.distributed:
+            raise
+        # A spawned process reports its own error; the parent only learns the exit code.
+        print(f"error (rank {group.rank}): {exc}", file=sys.stderr)
+        sys.exit(2)
+    if group.is_main:
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in final.items())
+        print(f"trained {config.steps} steps into {out}: {summary}")
 
 
 def train(
@@ -33,35 +75,23 @@ def train(
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes (torch.distributed, gloo on CPU)."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Training processes on this machine (torch.distributed)."
+    ),
     data_root: Path | None = DATA_ROOT_OPTION,
 ) -> None:
     """Meta-train a learner; checkpoints, metrics and TensorBoard events go to --out."""
-    if nproc != 1:
-        raise ConfigError("--nproc > 1 is not available yet in this version; use --nproc 1")
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
     config = load_config(config_file, overrides)
-    console = Console(stderr=True)
-    with show_progress():
-        trainer = Trainer(config, out, resume=resume, data_root=data_root)
-    columns = [
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    ]
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(
-            "train", total=config.steps, completed=trainer.start_step, status=""
+    if config.meta_batch % nproc:
+        raise ConfigError(
+            f"meta_batch {config.meta_batch} does not split evenly over --nproc {nproc}"
         )
-
-        def on_step(step: int, metrics: dict[str, float]) -> None:
-            status = f"loss {metrics['loss']:.3f} acc {metrics['accuracy']:.1f}%"
-            progress.update(task, completed=step, status=status)
-
-        trainer.on_step = on_step
-        final = trainer.run()
-    summary = ", ".join(f"{k} {v:.3f}" for k, v in final.items())
-    typer.echo(f"trained {config.steps} steps into {out}: {summary}")
+    try:
+        launch(nproc, _train_process, config, out, resume, data_root)
+    except ProcessExitedException as exc:
+        raise MetarchError(
+            f"training process {exc.error_index} failed (exit code {exc.exit_code}); "
+            "its message is above"
+        ) from None

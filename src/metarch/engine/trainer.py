@@ -34,6 +34,12 @@ from metarch.engine.checkpoint import (
     save_checkpoint,
 )
 from metarch.engine.config import TrainConfig, dump_config
+from metarch.engine.distributed import (
+    all_reduce_mean,
+    average_buffers,
+    average_gradients,
+    current_group,
+)
 from metarch.errors import MetarchError
 from metarch.meta.base import META_LEARNERS, MetaLearner
 from metarch.models.registry import FewShotClassifier, create_model
@@ -138,6 +144,12 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.on_step = on_step
+        self.group = current_group()
+        if config.meta_batch % self.group.world_size:
+            raise TrainingError(
+                f"meta_batch {config.meta_batch} does not split evenly over "
+                f"{self.group.world_size} processes; choose a multiple of {self.group.world_size}"
+            )
         root = resolve_data_root(data_root if data_root is not None else config.data.root)
         self.train_pool = load_pool(
             config.data.train_set,
@@ -191,6 +203,8 @@ class Trainer:
         return settings.lr * settings.lr_decay ** (step // settings.lr_decay_every)
 
     def _start_fresh(self) -> None:
+        if not self.group.is_main:
+            return
         if (self.run_dir / "last.json").exists():
             raise TrainingError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
@@ -222,8 +236,9 @@ class Trainer:
         restore_rng_state(checkpoint.rng)
         self.start_step = checkpoint.step
         self.best_accuracy = float(checkpoint.metrics.get("best_accuracy", -1.0))
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
-        self._truncate_metrics(checkpoint.step)
+        if self.group.is_main:
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
+            self._truncate_metrics(checkpoint.step)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint a run resumes from."""
@@ -240,6 +255,8 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any], writer: Any) -> None:
+        if not self.group.is_main:
+            return
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if writer is not None:
@@ -248,6 +265,8 @@ class Trainer:
                     writer.add_scalar(f"{record['phase']}/{key}", value, record["step"])
 
     def _checkpoint(self, tag: str, step: int, metrics: dict[str, Any]) -> None:
+        if not self.group.is_main:
+            return
         save_checkpoint(
             self.run_dir,
             tag,
@@ -271,22 +290,28 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         config = self.config
-        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        group = self.group
+        writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard")) if group.is_main else None
+        first_task, local_tasks = group.local_tasks(config.meta_batch)
         self.learner.train()
         last: dict[str, Any] = {}
         started = time.perf_counter()
         try:
             for step in range(self.start_step, config.steps):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self._learning_rate(step)
-                batch = self.sampler.sample(config.meta_batch, batch_index=step)
+                for param_group in self.optimizer.param_groups:
+                    param_group["lr"] = self._learning_rate(step)
+                start = step * config.meta_batch + first_task
+                batch = self.sampler.tasks(range(start, start + local_tasks))
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics = self.learner.compute_meta_gradients(batch)
-                if not (math.isfinite(metrics.loss) and self._gradients_finite()):
-                    what = "loss" if not math.isfinite(metrics.loss) else "meta-gradient"
+                average_gradients(self.learner.meta_parameters(), group)
+                loss = all_reduce_mean(metrics.loss, group)
+                accuracy = all_reduce_mean(metrics.accuracy, group)
+                if not (math.isfinite(loss) and self._gradients_finite()):
+                    what = "loss" if not math.isfinite(loss) else "meta-gradient"
                     raise TrainingError(
                         f"the {what} became non-finite at step {step + 1} (loss "
-                        f"{metrics.loss}); stopped without updating the weights. The last "
+                        f"{loss}); stopped without updating the weights. The last "
                         f"good checkpoint is {self.run_dir / 'last.json'}; lower "
                         "optimizer.lr or the inner learning rate, then resume or restart"
                     )
@@ -295,8 +320,9 @@ class Trainer:
                         list(self.learner.meta_parameters()), config.optimizer.grad_clip
                     )
                 self.optimizer.step()
+                average_buffers(self.learner, group)
                 done = step + 1
-                last = {"loss": metrics.loss, "accuracy": 100.0 * metrics.accuracy}
+                last = {"loss": loss, "accuracy": 100.0 * accuracy}
                 if self.on_step is not None:
                     self.on_step(done, last)
                 if done % config.log_every == 0 or done == config.steps:
@@ -305,7 +331,8 @@ class Trainer:
                     record["seconds"] = time.perf_counter() - started
                     self._log(record, writer)
                 validate_now = config.validation.every and done % config.validation.every == 0
-                if validate_now or done == config.steps:
+                # Only rank 0 validates; the others wait for it at the next all-reduce.
+                if group.is_main and (validate_now or done == config.steps):
                     result = self.validate()
                     self._log({"phase": "val", "step": done, **result.to_json()}, writer)
                     last["val_accuracy"] = result.accuracy
@@ -316,5 +343,6 @@ class Trainer:
                 if done % config.checkpoint_every == 0 or done == config.steps:
                     self._checkpoint("last", done, last)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return last
