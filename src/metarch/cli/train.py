@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from torch.multiprocessing.spawn import ProcessExitedException
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -16,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from metarch.cli.options import DATA_ROOT_OPTION
 from metarch.cli.progress import show_progress

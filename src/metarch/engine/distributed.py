@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.multiprocessing.spawn import spawn
 from torch import nn
+from torch.multiprocessing.spawn import spawn
 
 __all__ = [
     "ProcessGroup",
