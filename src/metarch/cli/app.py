@@ -15,6 +15,7 @@ import typer
 from metarch import __version__
 from metarch.cli import data as data_commands
 from metarch.cli import demo as demo_command
+from metarch.cli import evaluate as evaluate_command
 from metarch.cli import train as train_command
 from metarch.errors import MetarchError
 
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.add_typer(data_commands.app, name="data")
 app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
+app.command("evaluate")(evaluate_command.evaluate)
 
 EXIT_USER_ERROR = 2
 

@@ -1,0 +1,69 @@
+"""``metarch evaluate``: score a trained run on episodes or on Lake's one-shot runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.cli.progress import show_progress
+from metarch.engine.evaluate import evaluate_episodes, evaluate_lake, load_trained_learner
+from metarch.errors import ConfigError
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    run: Path = typer.Option(..., "--run", help="Run directory written by 'metarch train'."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a sidecar path."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+    protocol: str = typer.Option(
+        "episodes", "--protocol", help="'episodes' or 'lake-runs' (Lake's 20 one-shot runs)."
+    ),
+    set_name: str = typer.Option(
+        "background:test", "--set", help="Set name, SET:PART, or a split file."
+    ),
+    ways: int = typer.Option(5, "--ways"),
+    shots: int = typer.Option(1, "--shots"),
+    queries: int = typer.Option(15, "--queries"),
+    episodes: int = typer.Option(1000, "--episodes"),
+    within_alphabet: bool = typer.Option(False, "--within-alphabet"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the evaluation episodes."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Mean accuracy with a 95% confidence interval, or Lake's one-shot error."""
+    if protocol not in ("episodes", "lake-runs"):
+        raise ConfigError(f"--protocol must be 'episodes' or 'lake-runs', got {protocol!r}")
+    root = data_root_from(data_root)
+    learner, config = load_trained_learner(run, checkpoint)
+    image_size = config.data.image_size
+    with show_progress():
+        if protocol == "lake-runs":
+            lake = evaluate_lake(learner, root, image_size=image_size)
+            if as_json:
+                typer.echo(json.dumps(lake.to_json()))
+            else:
+                typer.echo(f"Lake's one-shot runs: error {lake.error_percent:.2f}% (20 runs)")
+            return
+        result = evaluate_episodes(
+            learner,
+            set_name,
+            root,
+            image_size=image_size,
+            ways=ways,
+            shots=shots,
+            queries=queries,
+            episodes=episodes,
+            within_alphabet=within_alphabet,
+            seed=seed,
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+        return
+    mode = " within-alphabet" if within_alphabet else ""
+    typer.echo(
+        f"{set_name}: {ways}-way {shots}-shot{mode}, {result.episodes} episodes: "
+        f"accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}% (95% CI)"
+    )

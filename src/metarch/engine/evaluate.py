@@ -1,0 +1,77 @@
+"""Evaluate a trained run: accuracy over episodes with a 95% CI, or Lake's one-shot runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from metarch.data.episodes import EpisodeSampler
+from metarch.data.lake import LakeResult, evaluate_lake_runs, load_lake_runs
+from metarch.data.resolve import load_pool
+from metarch.engine.checkpoint import CheckpointError, load_checkpoint
+from metarch.engine.config import TrainConfig, load_config
+from metarch.engine.trainer import EvaluationResult, build_learner, evaluate_learner
+from metarch.errors import ConfigError
+from metarch.meta.base import MetaLearner
+
+__all__ = ["evaluate_episodes", "evaluate_lake", "load_trained_learner"]
+
+
+def load_trained_learner(
+    run_dir: Path, checkpoint: str = "best", *, image_channels: int = 1
+) -> tuple[MetaLearner, TrainConfig]:
+    """The learner of a run, with the weights of checkpoint ``best``, ``last`` or a path.
+
+    ``best`` falls back to ``last`` for runs that never validated.
+    """
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); pass --run RUN_DIR")
+    config = load_config(config_file)
+    if checkpoint in ("best", "last"):
+        path = run_dir / f"{checkpoint}.json"
+        if checkpoint == "best" and not path.exists():
+            path = run_dir / "last.json"
+    else:
+        path = Path(checkpoint)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    size = config.data.image_size
+    learner = build_learner(config, (image_channels, size, size))
+    learner.load_state_dict(state.model_state)
+    learner.eval()
+    return learner, config
+
+
+def evaluate_episodes(
+    learner: MetaLearner,
+    pool_spec: str,
+    data_root: Path,
+    *,
+    image_size: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int,
+    within_alphabet: bool = False,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Mean query accuracy (percent, with 95% CI) over ``episodes`` episodes of a pool."""
+    pool = load_pool(pool_spec, data_root, image_size=image_size)
+    sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
+    return evaluate_learner(learner, sampler, episodes)
+
+
+def evaluate_lake(learner: MetaLearner, data_root: Path, *, image_size: int) -> LakeResult:
+    """Error of ``learner`` on Lake's 20 within-alphabet one-shot runs."""
+    runs = load_lake_runs(data_root, image_size=image_size)
+
+    def classify(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        predict = learner.adapt(support, labels)
+        with torch.no_grad():
+            return predict(query)[:, : len(labels)].argmax(dim=1)
+
+    return evaluate_lake_runs(runs, classify)
