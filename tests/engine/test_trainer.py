@@ -185,3 +185,14 @@ def load_file_initial(run: Path) -> torch.Tensor:
     learner = build_learner(config, (1, 28, 28))
     weight: torch.Tensor = learner.state_dict()["model.head.weight"]
     return weight
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml")))
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = load_config(path)
+    assert path.stem.startswith(f"omniglot-{config.method.name}-")
+    if path.stem.endswith("-lake"):
+        assert config.episodes.within_alphabet and config.episodes.ways == 20
+    else:
+        ways = int(path.stem.rsplit("-", 1)[1].split("w")[0])
+        assert config.validation_episode.ways == ways

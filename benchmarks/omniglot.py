@@ -1,0 +1,149 @@
+"""The Omniglot results table: train every config in ``configs/`` and test it on held-out alphabets.
+
+Each ``configs/omniglot-<method>-<ways>w<shots>s.yaml`` is meta-trained on
+``background:train`` (20 alphabets) from the CLI, timed, and tested on ``background:test``
+(5 alphabets never seen in training or validation, listed in
+``metarch.data.pools.NAMED_SPLITS``) with ``metarch evaluate`` on 1,000 fixed episodes
+(seed 0) of its task; ``omniglot-<method>-lake.yaml`` is tested on within-alphabet 20-way
+1-shot episodes and reported as an error. Runs already finished in the runs folder are
+evaluated again, not retrained; interrupted ones resume.
+
+Usage::
+
+    python benchmarks/omniglot.py [--configs omniglot-protonet-5w1s ...] [--runs runs/omniglot]
+        [--set steps=100] [--episodes 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metarch(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "metarch", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def task_of(stem: str) -> tuple[int, int, bool]:
+    """``(ways, shots, within_alphabet)`` tested for a config name."""
+    if stem.endswith("-lake"):
+        return 20, 1, True
+    ways, shots = stem.rsplit("-", 1)[1].rstrip("s").split("w")
+    return int(ways), int(shots), False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="*", default=None, help="config names (default: all)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "omniglot"))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "omniglot.json"))
+    args = parser.parse_args()
+
+    paths = sorted((ROOT / "configs").glob("omniglot-*.yaml"))
+    if args.configs:
+        paths = [p for p in paths if p.stem in set(args.configs)]
+    data = ["--data-root", args.data_root] if args.data_root else []
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        run = Path(args.runs) / path.stem
+        train = ["train", "--config", str(path), "--out", str(run), *data]
+        for override in args.overrides:
+            train += ["--set", override]
+        if (run / "last.json").exists():
+            train.append("--resume")
+        started = time.perf_counter()
+        trained = metarch(*train)
+        seconds = time.perf_counter() - started
+        row: dict[str, Any] = {"config": path.stem, "run": str(run)}
+        if trained.returncode != 0:
+            row["error"] = trained.stderr.strip().splitlines()[-1:] or ["failed"]
+            rows.append(row)
+            continue
+        ways, shots, within = task_of(path.stem)
+        evaluate = ["evaluate", "--run", str(run), "--set", "background:test", *data]
+        evaluate += [
+            "--ways",
+            str(ways),
+            "--shots",
+            str(shots),
+            "--queries",
+            "5" if ways > 5 else "15",
+        ]
+        evaluate += ["--episodes", str(args.episodes), "--seed", "0", "--json"]
+        if within:
+            evaluate.append("--within-alphabet")
+        done = metarch(*evaluate)
+        if done.returncode != 0:
+            row["error"] = done.stderr.strip()
+            rows.append(row)
+            continue
+        result = json.loads(done.stdout)
+        sidecar = json.loads((run / "last.json").read_text())
+        row |= {
+            "task": f"{ways}-way {shots}-shot" + (" within-alphabet" if within else ""),
+            "accuracy": result["accuracy"],
+            "ci95": result["ci95"],
+            "error_percent": 100.0 - result["accuracy"] if within else None,
+            "steps": sidecar["step"],
+            "train_seconds_this_call": seconds,
+            "train_seconds_total": _total_train_seconds(run),
+        }
+        rows.append(row)
+    report = {
+        "benchmark": "omniglot",
+        "test_pool": "background:test",
+        "episodes": args.episodes,
+        "rows": rows,
+        "machine": {"cores": os.cpu_count()},
+        "command": "python benchmarks/omniglot.py " + " ".join(sys.argv[1:]),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{'config':<28}{'task':<32}{'accuracy':>16}{'steps':>8}{'train h':>9}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['config']:<28}error: {row['error']}")
+            continue
+        accuracy = f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"
+        hours = (row["train_seconds_total"] or 0) / 3600
+        print(f"{row['config']:<28}{row['task']:<32}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
+    print(f"wrote {out}")
+
+
+def _total_train_seconds(run: Path) -> float | None:
+    """Training time over all legs of a run, from its metrics log."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return None
+    total, previous = 0.0, 0.0
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("phase") != "train":
+            continue
+        seconds = float(record["seconds"])
+        # A resumed leg restarts its clock: add the previous leg's last reading.
+        if seconds < previous:
+            total += previous
+        previous = seconds
+    return total + previous
+
+
+if __name__ == "__main__":
+    main()
