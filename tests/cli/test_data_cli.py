@@ -9,16 +9,8 @@ import pytest
 from PIL import Image
 
 from metarch import __version__
-from metarch.cli.app import main
+from tests.clitools import run_cli
 from tests.fixtures import write_omniglot_set
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 0), captured.out, captured.err
 
 
 @pytest.fixture

@@ -6,18 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metarch.cli.app import main
 from metarch.engine.config import load_config
 from metarch.engine.trainer import Trainer
+from tests.clitools import run_cli
 from tests.fixtures import write_lake_runs, write_omniglot_set
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 0), captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
