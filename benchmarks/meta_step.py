@@ -38,7 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metarch-loop", "metarch-vmap")
+OURS = ("metarch-loop", "metarch-vmap", "metarch-batched")
 WAYS, SHOTS, QUERIES, TASKS, INNER_LR = 5, 1, 15, 32, 0.4
 
 
@@ -137,7 +137,7 @@ def metarch_learner(
         for name, value in weights.items():
             target = own[canonical_to_metarch(name)]
             target.copy_(torch.from_numpy(value).reshape(target.shape))
-    batching = {"metarch-loop": "loop", "metarch-vmap": "vmap"}[impl]
+    batching = {"metarch-loop": "loop", "metarch-vmap": "vmap", "metarch-batched": "batched"}[impl]
     learner = MAML(
         model,
         inner_lr=INNER_LR,

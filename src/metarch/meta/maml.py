@@ -7,9 +7,11 @@
   element.
 * :class:`ANIL` (Raghu et al., 2020) — only the head adapts in the inner loop.
 
-The tasks of a meta-batch run together under ``torch.func.vmap`` (``batching="vmap"``) or
-one after another (``"loop"``: one backward per task, so memory holds one task's graph);
-``"auto"`` uses vmap and falls back to the loop for models vmap cannot batch. Both give
+The tasks of a meta-batch run together under ``torch.func.vmap`` (``batching="vmap"``),
+one after another (``"loop"``: one backward per task, so memory holds one task's graph), or
+task-batched (``"batched"``, see :mod:`metarch.meta.batched`: grouped convolutions over
+many tasks at once, the fastest on CPU; models it cannot batch fall back to the loop).
+``"auto"`` uses vmap and falls back to the loop for models vmap cannot batch. All give
 the same meta-gradient (tested at second order).
 """
 
@@ -23,6 +25,12 @@ from torch import Tensor, nn
 
 from metarch.data.episodes import EpisodeBatch
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
+from metarch.meta.batched import (
+    BatchingUnsupportedError,
+    TaskBatchedModel,
+    batched_meta_gradients,
+    retain_freed_memory,
+)
 from metarch.meta.functional import (
     InnerLearningRates,
     InnerLoopConfig,
@@ -43,7 +51,7 @@ __all__ = ["ANIL", "FOMAML", "MAML", "MetaSGD"]
 
 log = logging.getLogger(__name__)
 
-Batching = Literal["auto", "vmap", "loop"]
+Batching = Literal["auto", "vmap", "loop", "batched"]
 
 
 @META_LEARNERS.register("maml")
@@ -61,7 +69,15 @@ class MAML(MetaLearner):
             (MAML++).
         norm_policy: Batch-norm statistics policy (see :mod:`metarch.models.norm`).
         multi_step_loss: MAML++ multi-step loss.
-        batching: ``"auto"``, ``"vmap"`` or ``"loop"`` (see the module docstring).
+        batching: ``"auto"``, ``"vmap"``, ``"loop"`` or ``"batched"`` (see the module
+            docstring).
+        support_group: With ``"batched"``: tasks whose inner loops run together (their
+            graph is held until their meta-gradient is done).
+        query_chunk: With ``"batched"``: tasks whose query passes run together (bounds the
+            memory of the large query activations).
+
+    With ``"batched"``, the first meta-gradient also tunes glibc's allocator to keep
+    freed memory (see :func:`~metarch.meta.batched.retain_freed_memory`).
     """
 
     def __init__(
@@ -77,10 +93,16 @@ class MAML(MetaLearner):
         norm_policy: NormPolicy | str = NormPolicy.BATCH,
         multi_step_loss: bool = False,
         batching: Batching = "auto",
+        support_group: int = 8,
+        query_chunk: int = 2,
     ) -> None:
         super().__init__()
-        if batching not in ("auto", "vmap", "loop"):
-            raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {batching!r}")
+        if batching not in ("auto", "vmap", "loop", "batched"):
+            raise ValueError(
+                f"batching must be 'auto', 'vmap', 'loop' or 'batched', got {batching!r}"
+            )
+        if support_group < 1 or query_chunk < 1:
+            raise ValueError("support_group and query_chunk must be positive")
         self.model = model
         name_norm_layers(model)
         names = [name for name, _ in model.named_parameters()]
@@ -109,6 +131,9 @@ class MAML(MetaLearner):
             adapted, max(steps, self.eval_config.steps), inner_lr, lr_mode
         )
         self.batching: Batching = batching
+        self.support_group = support_group
+        self.query_chunk = query_chunk
+        self._batched: TaskBatchedModel | None = None
 
     # -- meta-training ---------------------------------------------------------------------
 
@@ -118,6 +143,12 @@ class MAML(MetaLearner):
         return params, buffers
 
     def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:  # noqa: D102
+        if self.batching == "batched":
+            try:
+                return self._meta_gradients_batched(batch)
+            except BatchingUnsupportedError as exc:
+                log.warning("cannot batch tasks (%s); running tasks in a loop", exc)
+                self.batching = "loop"
         if self.batching != "loop":
             try:
                 return self._meta_gradients_vmap(batch)
@@ -164,6 +195,39 @@ class MAML(MetaLearner):
             loss=float(torch.stack(losses).mean()),
             accuracy=float(torch.stack(accuracies).mean()),
             tasks=tasks,
+        )
+
+    def _meta_gradients_batched(self, batch: EpisodeBatch) -> MetaMetrics:
+        if self._batched is None:
+            self._batched = TaskBatchedModel.trace(self.model)
+            retain_freed_memory()
+        params, _ = self._params_and_buffers()
+        policy = self.config.norm_policy
+        result = batched_meta_gradients(
+            self._batched,
+            params,
+            batch.support_images,
+            batch.support_labels,
+            batch.query_images,
+            batch.query_labels,
+            adapt=self.adapt_names,
+            rate=self.rates.rate,
+            steps=self.config.steps,
+            first_order=self.config.first_order,
+            query_weights=self.config.query_weights(),
+            norm_running=(
+                policy.uses_running_statistics(inner=True, training=True),
+                policy.uses_running_statistics(inner=False, training=True),
+            ),
+            record_statistics=self._records_statistics(),
+            support_group=self.support_group,
+            query_chunk=self.query_chunk,
+        )
+        apply_recorded_statistics(self.model, result.statistics)
+        return MetaMetrics(
+            loss=float(result.losses.mean()),
+            accuracy=float(result.accuracies.mean()),
+            tasks=batch.num_tasks,
         )
 
     def _meta_gradients_vmap(self, batch: EpisodeBatch) -> MetaMetrics:

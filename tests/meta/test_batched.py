@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metarch.meta import MAML
+from metarch.meta.batched import (
+    BatchedNormContext,
+    BatchingUnsupportedError,
+    TaskBatchedModel,
+    channels_last,
+    retain_freed_memory,
+    stack_for_tasks,
+    to_grouped,
+)
+from metarch.models import FewShotClassifier, create_model
+from metarch.models.norm import BatchNormContext, NormPolicy, batch_norm_context
+from tests.meta.helpers import flat_grad, make_batch, tiny_classifier
+
+POLICIES = [p.value for p in NormPolicy]
+
+
+def _meta_gradients(
+    model: nn.Module, batching: str, **options: object
+) -> tuple[torch.Tensor, torch.Tensor, MAML, tuple[float, float]]:
+    size = int(options.pop("size", 12))  # type: ignore[call-overload]
+    learner = MAML(model, inner_lr=0.3, batching=batching, **options)  # type: ignore[arg-type]
+    metrics = learner.compute_meta_gradients(make_batch(size=size))
+    assert learner.batching == batching  # no silent fallback
+    buffers = [b.flatten() for b in model.buffers()]
+    return (
+        flat_grad(list(learner.parameters())),
+        torch.cat(buffers) if buffers else torch.zeros(0),
+        learner,
+        (metrics.loss, metrics.accuracy),
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "options"),
+    [(policy, {"steps": steps}) for policy in POLICIES for steps in (1, 3)]
+    + [
+        ("per_step", {"steps": 2, "multi_step_loss": True}),
+        ("batch", {"steps": 2, "lr_mode": "per_layer_step"}),
+        ("frozen", {"steps": 1, "lr_mode": "per_parameter"}),
+        ("batch", {"steps": 2, "adapt": "head"}),
+        ("batch", {"steps": 2, "first_order": True}),
+        ("batch", {"steps": 0}),
+    ],
+)
+@pytest.mark.parametrize("chunks", [(8, 4), (3, 2), (1, 1)])
+def test_batched_and_loop_give_the_same_second_order_meta_gradient(
+    policy: str, options: dict[str, object], chunks: tuple[int, int]
+) -> None:
+    steps = int(options["steps"])  # type: ignore[call-overload]
+    results = {}
+    for batching in ("loop", "batched"):
+        model = tiny_classifier(steps=steps, per_step_norm=policy == "per_step")
+        with torch.no_grad():  # non-trivial running statistics for the frozen policy
+            for buffer in model.buffers():
+                buffer.add_(torch.rand(buffer.shape, generator=torch.Generator().manual_seed(3)))
+        extra = (
+            {"support_group": chunks[0], "query_chunk": chunks[1]} if batching == "batched" else {}
+        )
+        results[batching] = _meta_gradients(model, batching, norm_policy=policy, **options, **extra)
+    loop, batched = results["loop"], results["batched"]
+    assert loop[0].abs().max() > 0
+    torch.testing.assert_close(batched[0], loop[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(batched[1], loop[1], rtol=1e-9, atol=1e-12)
+    assert batched[3][0] == pytest.approx(loop[3][0], rel=1e-12)
+    assert batched[3][1] == pytest.approx(loop[3][1], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+def test_batched_matches_the_loop_on_other_backbones(name: str) -> None:
+    torch.manual_seed(0)
+    options = {"widths": (4, 4, 4, 4)} if name == "resnet12" else {"hidden": 5}
+    backbone = create_model(name, in_channels=1, **options)
+    model = FewShotClassifier(backbone, 3, (1, 16, 16)).double()
+    loop = _meta_gradients(copy.deepcopy(model), "loop", size=16, steps=2)
+    batched = _meta_gradients(copy.deepcopy(model), "batched", size=16, steps=2, support_group=3)
+    torch.testing.assert_close(batched[0], loop[0], rtol=1e-9, atol=1e-12)
+
+
+def test_task_batched_forward_equals_per_task_forward() -> None:
+    model = tiny_classifier()
+    batched = TaskBatchedModel.trace(model)
+    params = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    stacked = {
+        name: stack_for_tasks(p, 3).detach()
+        + 0.1 * torch.randn(3, *p.shape, generator=generator, dtype=p.dtype)
+        for name, p in params.items()
+    }
+    x = make_batch(tasks=3).query_images
+    logits = batched(stacked, x, BatchedNormContext())
+    for t in range(3):
+        with batch_norm_context(BatchNormContext()):
+            expected = functional_call(model, {n: v[t] for n, v in stacked.items()}, (x[t],))
+        torch.testing.assert_close(logits[t], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_one_channel_inputs_stay_channels_last() -> None:
+    # One-channel tensors read as NCHW; a convolution would then switch its whole block to
+    # NCHW (copies and slow kernels in every backward).
+    x = to_grouped(torch.rand(1, 5, 1, 8, 8))
+    weight = channels_last(torch.rand(4, 1, 3, 3))
+    out = F.conv2d(x, weight, stride=2, padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.stride(1) == 1
+
+
+class _ChannelSoftmax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.softmax(self.conv(x), dim=1)  # mixes channels: not batchable
+        out: torch.Tensor = self.head(maps.mean(dim=(2, 3)))
+        return out
+
+
+def test_models_that_cannot_be_batched_fall_back_to_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    model = _ChannelSoftmax().double()
+    with pytest.raises(BatchingUnsupportedError):
+        TaskBatchedModel.trace(model)
+    reference = MAML(copy.deepcopy(model), inner_lr=0.3, batching="loop")
+    reference.compute_meta_gradients(make_batch())
+    learner = MAML(model, inner_lr=0.3, batching="batched")
+    with caplog.at_level(logging.WARNING):
+        learner.compute_meta_gradients(make_batch())
+    assert learner.batching == "loop"
+    assert "cannot batch" in caplog.text
+    torch.testing.assert_close(
+        flat_grad(list(learner.parameters())), flat_grad(list(reference.parameters()))
+    )
+
+
+def test_chunk_sizes_are_validated() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        MAML(tiny_classifier(), batching="batched", query_chunk=0)
+    with pytest.raises(ValueError, match="batching"):
+        MAML(tiny_classifier(), batching="bogus")  # type: ignore[arg-type]
+
+
+def test_retain_freed_memory_is_idempotent() -> None:
+    first = retain_freed_memory()
+    assert retain_freed_memory() is first
