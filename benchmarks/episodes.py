@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,9 @@ import torch
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.omniglot import load_omniglot
 from metarch.data.pools import ClassPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
@@ -139,20 +141,8 @@ def main() -> None:
         "meta_batch": META_BATCH,
         "image_size": 28,
         "classes": background.num_classes,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-        },
-        "command": "python benchmarks/episodes.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report))
+    if write_report(report, args.out, as_json=args.json):
         return
     print(f"{'shape':<12}{'metarch x32':>14}{'metarch x1':>13}{'learn2learn':>13}{'ratio x32':>11}")
     for shape, rates in episodes_per_s.items():
@@ -164,7 +154,7 @@ def main() -> None:
         )
     if "error" in peer:
         print(f"learn2learn not measured: {peer['error']}")
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -233,9 +233,13 @@ def run_worker(
     return result
 
 
-def max_abs_diff(file_a: str, file_b: str) -> float:
+def max_abs_diff(file_a: str, file_b: str) -> float | None:
+    """Largest difference between two saved meta-gradients (None if either saved none)."""
     a, b = np.load(file_a), np.load(file_b)
-    return max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
+    common = [k for k in a.files if k in b.files]
+    if not common or len(common) != len(a.files) or len(common) != len(b.files):
+        return None
+    return max(float(np.abs(a[k] - b[k]).max()) for k in common)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402 (benchmarks are scripts, not a package)
 
 
 def metarch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -107,14 +108,8 @@ def main() -> None:
         "test_pool": "background:test",
         "episodes": args.episodes,
         "rows": rows,
-        "machine": {"cores": os.cpu_count()},
-        "command": "python benchmarks/omniglot.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report))
+    if write_report(report, args.out, as_json=args.json):
         return
     print(f"{'config':<28}{'task':<32}{'accuracy':>16}{'steps':>8}{'train h':>9}")
     for row in rows:
@@ -124,7 +119,7 @@ def main() -> None:
         accuracy = f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"
         hours = (row["train_seconds_total"] or 0) / 3600
         print(f"{row['config']:<28}{row['task']:<32}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 def _total_train_seconds(run: Path) -> float | None:

@@ -1,0 +1,43 @@
+"""What every benchmark script shares: machine facts and writing its JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["machine", "write_report"]
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores and library versions of this machine."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> bool:
+    """Add the machine and command, write ``out`` (atomically), print it if ``as_json``.
+
+    Returns:
+        Whether the JSON was printed (the caller then prints no table).
+    """
+    report = {**report, "machine": machine(), "command": " ".join(["python", *sys.argv])}
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    temporary.replace(path)
+    if as_json:
+        print(json.dumps(report))
+    return as_json
