@@ -34,9 +34,8 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def shared_data_root() -> Path:
     """``../shared/data``, or a skip with the reason when it is absent."""
     if not (SHARED_DATA / "omniglot" / "images_background.zip").is_file():
-        pytest.skip(
-            f"shared data not found at {SHARED_DATA} (needs omniglot/images_background.zip)"
-        )
+        reason = f"shared data not found at {SHARED_DATA} (needs omniglot/images_background.zip)"
+        pytest.skip(reason=reason)
     return SHARED_DATA
 
 
