@@ -32,7 +32,7 @@ def demo(
         True, "--download/--no-download", help="Fetch Omniglot if it is missing."
     ),
     steps: int = typer.Option(
-        1500, "--steps", help="Meta-training steps of the demo's prototypical network."
+        800, "--steps", help="Meta-training steps of the demo's prototypical network."
     ),
     episodes: int = typer.Option(400, "--episodes", help="Evaluation episodes per task."),
 ) -> None:
