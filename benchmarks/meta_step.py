@@ -45,6 +45,18 @@ WAYS, SHOTS, QUERIES, TASKS, INNER_LR = 5, 1, 15, 32, 0.4
 # -- shared inputs -----------------------------------------------------------------------
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM), in MB.
+
+    ``ru_maxrss`` is not used: Linux carries it across fork+exec, so a worker would report
+    at least its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def canonical_to_metarch(name: str) -> str:
     """Canonical parameter names (shared with the peers' worker) -> metarch's names."""
     if name.startswith("head."):
@@ -172,7 +184,7 @@ def run_metarch_worker(args: argparse.Namespace) -> None:
             {
                 "impl": args.impl,
                 "seconds_per_iteration": float(np.median(times)),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
             }
         )
     )
