@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,9 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import peak_rss_mb  # noqa: E402 (benchmarks are scripts, not a package)
+
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
 PEERS = ("learn2learn", "higher", "torchopt")
 OURS = ("metarch-loop", "metarch-vmap", "metarch-batched")
@@ -43,18 +45,6 @@ WAYS, SHOTS, QUERIES, TASKS, INNER_LR = 5, 1, 15, 32, 0.4
 
 
 # -- shared inputs -----------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (VmHWM), in MB.
-
-    ``ru_maxrss`` is not used: Linux carries it across fork+exec, so a worker would report
-    at least its parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def canonical_to_metarch(name: str) -> str:

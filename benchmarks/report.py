@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["machine", "write_report"]
+__all__ = ["machine", "peak_rss_mb", "write_report"]
 
 
 def machine() -> dict[str, Any]:
@@ -41,3 +42,15 @@ def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> b
     if as_json:
         print(json.dumps(report))
     return as_json
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM), in MB.
+
+    ``ru_maxrss`` is not used: Linux carries it across fork+exec, so a worker would report
+    at least its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Shared with the benchmarks (runs in the peers' venv, which has torch and numpy too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from report import peak_rss_mb
 
 
 class Conv4Strided(nn.Module):
@@ -58,18 +62,6 @@ def canonical_names(model: Conv4Strided) -> dict[str, str]:
 
 
 MetaGradient = Callable[[Tensor, Tensor, Tensor, Tensor], None]
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak resident memory (VmHWM), in MB.
-
-    ``ru_maxrss`` is not used: Linux carries it across fork+exec, so a worker would report
-    at least its parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def maml_learn2learn(model: nn.Module, steps: int, first_order: bool, lr: float) -> MetaGradient:
