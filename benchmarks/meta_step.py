@@ -11,18 +11,29 @@ compared with learn2learn's. FLOPs of the workload are counted with
 ``torch.utils.flop_counter`` on metarch's loop, and the float32 GEMM peak of the machine is
 measured in the same run, so achieved GFLOP/s can be put against it.
 
+Every meta-gradient is also compared with a float64 one (metarch's loop in float64): two
+float32 implementations that sum in different orders differ by their rounding errors, so
+agreement with learn2learn is judged against learn2learn's own distance to float64.
+
+Memory depends on the C allocator as much as on the implementation (glibc keeps freed
+heap memory fragmented; fresh ``mmap`` blocks cost page faults): ``--allocator`` runs every
+worker, peers included, under glibc, jemalloc or tcmalloc (``LD_PRELOAD``; Debian packages
+``libjemalloc2`` and ``libtcmalloc-minimal4``). ``setup_rss_mb`` (resident memory before the
+first iteration) separates the libraries' footprint from the workload's.
+
 Usage::
 
     python benchmarks/meta_step.py [--iterations 3] [--steps 1 5] [--orders second first]
-        [--impls metarch-loop metarch-vmap learn2learn higher torchopt] [--json]
+        [--impls metarch-loop metarch-batched learn2learn higher torchopt]
+        [--allocator glibc|jemalloc|tcmalloc] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,11 +47,26 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import peak_rss_mb  # noqa: E402 (benchmarks are scripts, not a package)
+from report import peak_rss_mb, rss_mb, write_report  # noqa: E402 (benchmarks are scripts, not a package)
 
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
 PEERS = ("learn2learn", "higher", "torchopt")
-OURS = ("metarch-loop", "metarch-vmap", "metarch-batched")
+#: metarch's implementations: how MAML runs the tasks of a meta-batch.
+OURS: dict[str, dict[str, Any]] = {
+    "metarch-loop": {"batching": "loop"},
+    "metarch-vmap": {"batching": "vmap"},
+    "metarch-batched": {"batching": "batched"},
+    # Fewer tasks whose inner-loop graphs are held at once: less memory, a little slower.
+    "metarch-batched-small": {"batching": "batched", "support_group": 4, "query_chunk": 1},
+}
+#: The float64 reference meta-gradient (metarch's loop in float64).
+REFERENCE = "float64"
+#: Shared libraries of the allocators ``--allocator`` can preload (Debian/Ubuntu paths).
+ALLOCATORS: dict[str, tuple[str, ...]] = {
+    "glibc": (),
+    "jemalloc": ("libjemalloc.so.2",),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4"),
+}
 WAYS, SHOTS, QUERIES, TASKS, INNER_LR = 5, 1, 15, 32, 0.4
 
 
@@ -134,27 +160,30 @@ def metarch_learner(
     from metarch.meta import MAML
 
     model = build_metarch_model()
+    if impl == REFERENCE:
+        model = model.double()
     own = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
             target = own[canonical_to_metarch(name)]
             target.copy_(torch.from_numpy(value).reshape(target.shape))
-    batching = {"metarch-loop": "loop", "metarch-vmap": "vmap", "metarch-batched": "batched"}[impl]
-    learner = MAML(
-        model,
-        inner_lr=INNER_LR,
-        steps=steps,
-        first_order=first_order,
-        batching=batching,  # type: ignore[arg-type]
-    )
+    options = OURS["metarch-loop" if impl == REFERENCE else impl]
+    learner = MAML(model, inner_lr=INNER_LR, steps=steps, first_order=first_order, **options)
     return learner, own
 
 
 def run_metarch_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     weights, batch = load_inputs(Path(args.data))
+    if args.impl == REFERENCE:
+        batch = dataclasses.replace(
+            batch,
+            support_images=batch.support_images.double(),
+            query_images=batch.query_images.double(),
+        )
     learner, own = metarch_learner(args.impl, args.steps, args.first_order, weights)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    setup_rss = rss_mb()
     times = []
     for iteration in range(args.iterations + 1):
         start = time.perf_counter()
@@ -173,8 +202,9 @@ def run_metarch_worker(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "impl": args.impl,
-                "seconds_per_iteration": float(np.median(times)),
+                "seconds_per_iteration": float(np.median(times)) if times else None,
                 "peak_rss_mb": peak_rss_mb(),
+                "setup_rss_mb": setup_rss,
             }
         )
     )
@@ -211,10 +241,16 @@ def count_flops(folder: Path, steps: int, first_order: bool) -> int:
 
 
 def run_worker(
-    impl: str, folder: Path, steps: int, first_order: bool, args: argparse.Namespace
+    impl: str,
+    folder: Path,
+    steps: int,
+    first_order: bool,
+    args: argparse.Namespace,
+    iterations: int | None = None,
 ) -> dict[str, Any]:
     grad_out = folder / f"grad-{impl}-{steps}-{int(first_order)}.npz"
-    common = ["--data", str(folder), "--steps", str(steps), "--iterations", str(args.iterations)]
+    timed = args.iterations if iterations is None else iterations
+    common = ["--data", str(folder), "--steps", str(steps), "--iterations", str(timed)]
     common += ["--threads", str(args.threads), "--grad-out", str(grad_out)]
     if first_order:
         common.append("--first-order")
@@ -225,7 +261,10 @@ def run_worker(
         command = [str(PEERS_PYTHON), str(script), "--impl", impl, *common]
     else:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, *common]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if args.preload:
+        env["LD_PRELOAD"] = args.preload
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["failed"]
         return {"impl": impl, "error": tail[0]}
@@ -233,6 +272,22 @@ def run_worker(
     if grad_out.exists():
         result["grad_file"] = str(grad_out)
     return result
+
+
+def find_allocator(name: str) -> str:
+    """Path of the shared library ``--allocator NAME`` preloads ("" for glibc's own)."""
+    if not ALLOCATORS[name]:
+        return ""
+    folders = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"]
+    for folder in folders:
+        for library in ALLOCATORS[name]:
+            if (Path(folder) / library).exists():
+                return str(Path(folder) / library)
+    raise SystemExit(
+        f"error: --allocator {name}: none of {', '.join(ALLOCATORS[name])} found in "
+        f"{', '.join(folders)}; install it (Debian: apt-get install "
+        f"{'libjemalloc2' if name == 'jemalloc' else 'libtcmalloc-minimal4'})"
+    )
 
 
 def max_abs_diff(file_a: str, file_b: str) -> float | None:
@@ -254,7 +309,8 @@ def main() -> None:
     parser.add_argument(
         "--orders", nargs="+", default=["second", "first"], choices=["second", "first"]
     )
-    parser.add_argument("--impls", nargs="+", default=[*OURS, *PEERS])
+    parser.add_argument("--impls", nargs="+", default=[*OURS, *PEERS], choices=[*OURS, *PEERS])
+    parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "meta_step.json"))
@@ -269,6 +325,7 @@ def main() -> None:
         run_metarch_worker(args)
         return
 
+    args.preload = find_allocator(args.allocator)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -282,6 +339,7 @@ def main() -> None:
                     impl: run_worker(impl, folder, steps, first_order, args) for impl in args.impls
                 }
                 reference = runs.get("learn2learn", {}).get("grad_file")
+                exact = run_worker(REFERENCE, folder, steps, first_order, args, 0).get("grad_file")
                 for impl, run in runs.items():
                     row: dict[str, Any] = {
                         "impl": impl,
@@ -299,19 +357,25 @@ def main() -> None:
                         row["max_abs_grad_diff_vs_learn2learn"] = max_abs_diff(
                             run["grad_file"], reference
                         )
+                    if exact and run.get("grad_file"):
+                        row["max_abs_grad_diff_vs_float64"] = max_abs_diff(run["grad_file"], exact)
                     results.append(row)
 
-    def seconds(impl: str, steps: int = 1, order: str = "second") -> float | None:
-        for row in results:
-            if (row["impl"], row["steps"], row["order"]) == (impl, steps, order):
-                value = row.get("seconds_per_iteration")
-                return float(value) if value else None
-        return None
+    headline = [r for r in results if (r["steps"], r["order"]) == (1, "second")]
+    timed = [r for r in headline if r.get("seconds_per_iteration")]
+    peers = [r for r in timed if r["impl"] in PEERS]
+    ours = [r for r in timed if r["impl"] in OURS]
+    fastest_peer = min(peers, key=lambda r: r["seconds_per_iteration"], default=None)
+    fastest_ours = min(ours, key=lambda r: r["seconds_per_iteration"], default=None)
+    # The fastest of ours whose peak memory is no more than the fastest peer's.
+    frugal = [r for r in ours if fastest_peer and r["peak_rss_mb"] <= fastest_peer["peak_rss_mb"]]
+    fastest_frugal = min(frugal, key=lambda r: r["seconds_per_iteration"], default=None)
 
-    peer_times = [t for t in (seconds(p) for p in PEERS) if t]
-    ours_times = {impl: seconds(impl) for impl in args.impls if impl.startswith("metarch")}
-    best_ours = min((t for t in ours_times.values() if t), default=None)
-    fastest_peer = min(peer_times, default=None)
+    def ratio(row: dict[str, Any] | None) -> float | None:
+        if row is None or fastest_peer is None:
+            return None
+        return float(fastest_peer["seconds_per_iteration"] / row["seconds_per_iteration"])
+
     report = {
         "benchmark": "meta_step",
         "workload": {
@@ -323,56 +387,55 @@ def main() -> None:
             "inner_lr": INNER_LR,
             "data": source,
         },
+        "allocator": args.allocator,
         "results": results,
-        "ratio_vs_fastest_peer": (fastest_peer / best_ours)
-        if (fastest_peer and best_ours)
-        else None,
-        "max_abs_grad_diff": next(
-            (
-                r.get("max_abs_grad_diff_vs_learn2learn")
-                for r in results
-                if r["impl"].startswith("metarch") and r["steps"] == 1 and r["order"] == "second"
-            ),
-            None,
-        ),
+        "fastest_peer": fastest_peer and fastest_peer["impl"],
+        "fastest_metarch": fastest_ours and fastest_ours["impl"],
+        "ratio_vs_fastest_peer": ratio(fastest_ours),
+        "max_abs_grad_diff": fastest_ours and fastest_ours.get("max_abs_grad_diff_vs_learn2learn"),
+        "max_abs_grad_diff_vs_float64": {
+            r["impl"]: r.get("max_abs_grad_diff_vs_float64") for r in headline
+        },
+        "fastest_metarch_within_peer_memory": fastest_frugal and fastest_frugal["impl"],
+        "ratio_vs_fastest_peer_within_its_memory": ratio(fastest_frugal),
         "peak_rss_mb": {
             f"{r['impl']}/{r['steps']}/{r['order']}": r.get("peak_rss_mb") for r in results
         },
         "gemm_peak_gflops": peak,
         "threads": args.threads,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-        "command": "python benchmarks/meta_step.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report))
+    if write_report(report, args.out, as_json=args.json):
         return
     print(f"GEMM peak: {peak:.0f} GFLOP/s ({args.threads} threads); data: {source}")
-    columns = [("impl", "<16"), ("steps", ">6"), ("order", ">8"), ("s/iter", ">9")]
+    columns = [("impl", "<22"), ("steps", ">6"), ("order", ">8"), ("s/iter", ">9")]
     columns += [("it/s", ">7"), ("GFLOP/s", ">9"), ("%peak", ">7"), ("RSS MB", ">8")]
-    columns += [("|dg| vs l2l", ">13")]
+    columns += [("setup MB", ">9"), ("|dg| vs l2l", ">13"), ("|dg| vs f64", ">13")]
     print("".join(f"{name:{spec}}" for name, spec in columns))
     for r in results:
         if "error" in r or "unsupported" in r:
             reason = r.get("error") or r.get("unsupported")
-            print(f"{r['impl']:<16}{r['steps']:>6}{r['order']:>8}  {reason}")
+            print(f"{r['impl']:<22}{r['steps']:>6}{r['order']:>8}  {reason}")
             continue
-        diff = r.get("max_abs_grad_diff_vs_learn2learn")
+        diffs = [r.get(f"max_abs_grad_diff_vs_{k}") for k in ("learn2learn", "float64")]
         print(
-            f"{r['impl']:<16}{r['steps']:>6}{r['order']:>8}{r['seconds_per_iteration']:>9.3f}"
+            f"{r['impl']:<22}{r['steps']:>6}{r['order']:>8}{r['seconds_per_iteration']:>9.3f}"
             f"{r['iterations_per_s']:>7.2f}{r['gflops_per_s']:>9.1f}"
             f"{100 * r['fraction_of_gemm_peak']:>6.1f}%"
-            f"{r['peak_rss_mb']:>8.0f}{'' if diff is None else f'{diff:>13.2e}'}"
+            f"{r['peak_rss_mb']:>8.0f}{r['setup_rss_mb']:>9.0f}"
+            + "".join(f"{'-' if d is None else f'{d:.2e}':>13}" for d in diffs)
         )
-    print(f"ratio vs fastest peer (second order, 1 step): {report['ratio_vs_fastest_peer']}")
-    print(f"wrote {out}")
+    frugal_name = report["fastest_metarch_within_peer_memory"]
+    print(
+        f"second order, 1 step: {report['fastest_metarch']} is "
+        f"{report['ratio_vs_fastest_peer'] or 0:.2f}x {report['fastest_peer']}; within "
+        f"{report['fastest_peer']}'s peak memory: "
+        + (
+            f"{frugal_name} at {report['ratio_vs_fastest_peer_within_its_memory']:.2f}x"
+            if frugal_name
+            else "none of metarch's implementations"
+        )
+    )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["machine", "peak_rss_mb", "write_report"]
+__all__ = ["machine", "peak_rss_mb", "rss_mb", "write_report"]
 
 
 def machine() -> dict[str, Any]:
@@ -44,13 +44,25 @@ def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> b
     return as_json
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS), in MB: read after set-up, before the
+    first meta-iteration, it separates the libraries' footprint from the workload's."""
+    return _status_mb("VmRSS:")
+
+
 def peak_rss_mb() -> float:
     """This process's own peak resident memory (VmHWM), in MB.
 
     ``ru_maxrss`` is not used: Linux carries it across fork+exec, so a worker would report
     at least its parent's peak.
     """
+    peak = _status_mb("VmHWM:")
+    return peak if peak >= 0 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB (-1 where there is none)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return -1.0

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 # Shared with the benchmarks (runs in the peers' venv, which has torch and numpy too).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from report import peak_rss_mb
+from report import peak_rss_mb, rss_mb
 
 
 class Conv4Strided(nn.Module):
@@ -160,6 +160,7 @@ def main() -> None:
         return
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     inputs = (batch["support_x"], batch["support_y"], batch["query_x"], batch["query_y"])
+    setup_rss = rss_mb()
 
     times = []
     for iteration in range(args.iterations + 1):
@@ -179,6 +180,7 @@ def main() -> None:
                 "impl": args.impl,
                 "seconds_per_iteration": float(np.median(times)),
                 "peak_rss_mb": peak_rss_mb(),
+                "setup_rss_mb": setup_rss,
             }
         )
     )
