@@ -128,16 +128,20 @@ class _ChannelSoftmax(nn.Module):
         return out
 
 
+@pytest.mark.parametrize("batching", ["batched", "auto"])
 def test_models_that_cannot_be_batched_fall_back_to_the_loop(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, batching: str
 ) -> None:
     torch.manual_seed(0)
     model = _ChannelSoftmax().double()
     with pytest.raises(BatchingUnsupportedError):
         TaskBatchedModel.trace(model)
     reference = MAML(copy.deepcopy(model), inner_lr=0.3, batching="loop")
+    learner = MAML(model, inner_lr=0.3, batching=batching)  # type: ignore[arg-type]
+    # Gradients accumulated before the call are added to, not lost or doubled.
+    for param in [*reference.parameters(), *learner.parameters()]:
+        param.grad = torch.ones_like(param)
     reference.compute_meta_gradients(make_batch())
-    learner = MAML(model, inner_lr=0.3, batching="batched")
     with caplog.at_level(logging.WARNING):
         learner.compute_meta_gradients(make_batch())
     assert learner.batching == "loop"
@@ -145,6 +149,12 @@ def test_models_that_cannot_be_batched_fall_back_to_the_loop(
     torch.testing.assert_close(
         flat_grad(list(learner.parameters())), flat_grad(list(reference.parameters()))
     )
+
+
+def test_auto_batching_runs_task_batched() -> None:
+    learner = MAML(tiny_classifier(), inner_lr=0.3)
+    learner.compute_meta_gradients(make_batch())
+    assert learner.batching == "auto" and learner._batched is not None
 
 
 def test_chunk_sizes_are_validated() -> None:

@@ -11,8 +11,9 @@ The tasks of a meta-batch run together under ``torch.func.vmap`` (``batching="vm
 one after another (``"loop"``: one backward per task, so memory holds one task's graph), or
 task-batched (``"batched"``, see :mod:`metarch.meta.batched`: grouped convolutions over
 many tasks at once, the fastest on CPU; models it cannot batch fall back to the loop).
-``"auto"`` uses vmap and falls back to the loop for models vmap cannot batch. All give
-the same meta-gradient (tested at second order).
+``"auto"`` (the default) is task-batched, falling back to the loop for models it cannot
+batch: vmap is kept for comparison, it is no faster than the loop on CPU and holds every
+task's graph at once. All give the same meta-gradient (tested at second order).
 """
 
 from __future__ import annotations
@@ -143,20 +144,23 @@ class MAML(MetaLearner):
         return params, buffers
 
     def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:  # noqa: D102
-        if self.batching == "batched":
+        if self.batching in ("batched", "auto"):
+            # An unsupported model fails on the first call, possibly after a backward:
+            # keep the gradients it started from so the loop adds to those only.
+            first = self._batched is None
+            before = {n: p.grad for n, p in self.model.named_parameters()} if first else {}
+            if first:
+                for p in self.model.parameters():
+                    p.grad = None if p.grad is None else p.grad.clone()
             try:
                 return self._meta_gradients_batched(batch)
             except BatchingUnsupportedError as exc:
                 log.warning("cannot batch tasks (%s); running tasks in a loop", exc)
+                for name, p in self.model.named_parameters():
+                    p.grad = before.get(name)
                 self.batching = "loop"
-        if self.batching != "loop":
-            try:
-                return self._meta_gradients_vmap(batch)
-            except (RuntimeError, NotImplementedError) as exc:
-                if self.batching == "vmap":
-                    raise
-                log.warning("vmap over tasks failed (%s); running tasks in a loop", exc)
-                self.batching = "loop"
+        if self.batching == "vmap":
+            return self._meta_gradients_vmap(batch)
         return self._meta_gradients_loop(batch)
 
     def _meta_gradients_loop(self, batch: EpisodeBatch) -> MetaMetrics:
