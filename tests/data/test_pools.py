@@ -34,6 +34,18 @@ def test_named_background_split_is_reproducible_and_disjoint(background: Omniglo
     for part in ("val", "test"):
         for alphabet in split.parts[part]:
             assert len(background.classes_in_group(alphabet)) >= 20
+    # Joined parts: exactly the union, named as asked.
+    joined = split.pool(background, "train+val")
+    assert set(joined.classes.tolist()) == entries[0] | entries[1]
+    assert joined.name == "background:train+val"
+
+
+def test_joined_parts_are_checked(background: OmniglotSet) -> None:
+    split = NAMED_SPLITS["background"]
+    with pytest.raises(DataError, match=r"no part 'tset'.*join several with"):
+        split.pool(background, "train+tset")
+    with pytest.raises(DataError, match="names a part twice"):
+        split.pool(background, "val+val")
 
 
 def test_alphabet_split_is_deterministic_and_seeded(small_set: OmniglotSet) -> None:

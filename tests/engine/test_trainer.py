@@ -134,6 +134,13 @@ def test_existing_run_needs_resume(tmp_path: Path, data_root: Path) -> None:
         train(config, tmp_path / "run", data_root, "seed=9", resume=True)
 
 
+def test_validation_classes_must_not_be_trained_on(tmp_path: Path, data_root: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "protonet", steps=1)
+    with pytest.raises(TrainingError, match=r"shares 7 classes with data.train_set.*disjoint"):
+        train(config, tmp_path / "run", data_root, "data.val_set=background")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, data_root: Path
 ) -> None:

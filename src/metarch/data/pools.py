@@ -279,12 +279,22 @@ class NamedSplit:
     min_classes: Mapping[str, int]
 
     def pool(self, dataset: ImageClassDataset, part: str) -> ClassPool:
-        """The pool of one part."""
-        if part not in self.parts:
-            raise DataError(
-                f"split of {self.set_name!r} has no part {part!r}; parts: {', '.join(self.parts)}"
-            )
-        return ClassPool.from_groups(dataset, self.parts[part], f"{self.set_name}:{part}")
+        """The pool of one part, or of several joined by ``+`` (``train+val``).
+
+        Joined parts serve a final model trained on everything but the test alphabets,
+        once the number of steps has been chosen on a run validated on ``val``.
+        """
+        names = part.split("+")
+        for name in names:
+            if name not in self.parts:
+                raise DataError(
+                    f"split of {self.set_name!r} has no part {name!r}; parts: "
+                    f"{', '.join(self.parts)} (join several with '+', e.g. train+val)"
+                )
+        if len(set(names)) != len(names):
+            raise DataError(f"part {part!r} of {self.set_name!r} names a part twice")
+        groups = [group for name in names for group in self.parts[name]]
+        return ClassPool.from_groups(dataset, groups, f"{self.set_name}:{part}")
 
 
 # The held-out alphabets every Omniglot result in BENCHMARKS.md is measured on. Produced by

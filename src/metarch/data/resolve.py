@@ -4,8 +4,9 @@ Accepted forms, tried in this order:
 
 * a path to a split file (``Alphabet/characterNN[/rotDDD]`` per line), resolved against the
   Omniglot background and evaluation sets found below the data root;
-* ``SET:PART``, a part of a named split (``background:train``, ``background:test``) or of
-  a set that ships its own splits (``mini-imagenet:val``);
+* ``SET:PART``, a part of a named split (``background:train``, ``background:test``,
+  parts joined by ``+`` as in ``background:train+val``) or of a set that ships its own
+  splits (``mini-imagenet:val``);
 * the name of any set ``metarch data info`` lists (``background``, a folder name, ...).
 """
 

@@ -160,6 +160,7 @@ class Trainer:
         self.val_pool: ClassPool = load_pool(
             config.data.val_set, root, image_size=config.data.image_size
         )
+        _check_disjoint(self.train_pool, self.val_pool)
         shape = config.episodes
         self.sampler = EpisodeSampler(
             self.train_pool,
@@ -346,3 +347,20 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return last
+
+
+def _check_disjoint(train: ClassPool, val: ClassPool) -> None:
+    """Refuse validation classes that are also trained on (rotations aside)."""
+
+    def names(pool: ClassPool) -> set[str]:
+        labels = pool.dataset.class_names
+        return {f"{pool.dataset.name}/{labels[c]}" for c in pool.classes.tolist()}
+
+    shared = sorted(names(train) & names(val))
+    if shared:
+        raise TrainingError(
+            f"data.val_set {val.name!r} shares {len(shared)} classes with data.train_set "
+            f"{train.name!r} (e.g. {shared[0]}), so validation would not measure "
+            "generalisation to new classes; choose disjoint parts such as background:train "
+            "and background:val"
+        )
