@@ -25,7 +25,7 @@ Usage::
 
     python benchmarks/meta_step.py [--iterations 3] [--steps 1 5] [--orders second first]
         [--impls metarch-loop metarch-batched learn2learn higher torchopt]
-        [--allocator glibc|jemalloc|tcmalloc] [--json]
+        [--allocator glibc|jemalloc|tcmalloc] [--rounds 1] [--json]
 """
 
 from __future__ import annotations
@@ -274,6 +274,36 @@ def run_worker(
     return result
 
 
+def run_rounds(
+    impls: list[str], folder: Path, steps: int, first_order: bool, args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """Run every implementation ``args.rounds`` times, alternating, in fresh processes.
+
+    Speed on a shared or virtual machine drifts within minutes, so one process per
+    implementation can favour whichever ran in a quiet moment. Alternating rounds expose
+    each implementation to the same drift; the reported time is the median over rounds
+    (every round's time is kept under ``round_seconds``).
+    """
+    rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for _ in range(args.rounds):
+        for impl in impls:
+            rounds[impl].append(run_worker(impl, folder, steps, first_order, args))
+    runs: dict[str, dict[str, Any]] = {}
+    for impl, results in rounds.items():
+        timed = [r for r in results if r.get("seconds_per_iteration")]
+        if not timed:
+            runs[impl] = results[0]
+            continue
+        seconds = [float(r["seconds_per_iteration"]) for r in timed]
+        runs[impl] = {
+            **timed[0],
+            "seconds_per_iteration": float(np.median(seconds)),
+            "round_seconds": seconds,
+            "peak_rss_mb": max(float(r["peak_rss_mb"]) for r in timed),
+        }
+    return runs
+
+
 def find_allocator(name: str) -> str:
     """Path of the shared library ``--allocator NAME`` preloads ("" for glibc's own)."""
     if not ALLOCATORS[name]:
@@ -305,6 +335,9 @@ def main() -> None:
     parser.add_argument(
         "--iterations", type=int, default=3, help="timed iterations (after 1 warm-up)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating runs of every implementation"
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5])
     parser.add_argument(
         "--orders", nargs="+", default=["second", "first"], choices=["second", "first"]
@@ -335,9 +368,7 @@ def main() -> None:
             for order in args.orders:
                 first_order = order == "first"
                 flops = count_flops(folder, steps, first_order)
-                runs = {
-                    impl: run_worker(impl, folder, steps, first_order, args) for impl in args.impls
-                }
+                runs = run_rounds(args.impls, folder, steps, first_order, args)
                 reference = runs.get("learn2learn", {}).get("grad_file")
                 exact = run_worker(REFERENCE, folder, steps, first_order, args, 0).get("grad_file")
                 for impl, run in runs.items():
