@@ -152,6 +152,24 @@ def test_within_alphabet_episodes(small_set: OmniglotSet) -> None:
     assert names == {"Alpha", "Beta"}
 
 
+def test_within_alphabet_episodes_never_mix_rotations(small_set: OmniglotSet) -> None:
+    pool = ClassPool.whole(small_set).with_rotations()
+    assert "Alpha@rot090" in pool.group_names
+    assert len(pool.group_names) == 4 * len(ALPHABETS)
+    sampler = EpisodeSampler(pool, ways=5, shots=1, queries=1, seed=0, within_group=True)
+    batch = sampler.sample(tasks=100)
+    entries = batch.entries.numpy()
+    rotations = pool.rotations[entries]
+    assert np.all(rotations == rotations[:, :1])
+    assert len(set(rotations[:, 0].tolist())) == 4  # every rotation is drawn
+    groups = pool.entry_groups[entries]
+    assert np.all(groups == groups[:, :1])
+    # Only alphabets with at least 5 characters are eligible, in every rotation (with all
+    # rotations mixed, every alphabet would have had 4x as many classes).
+    alphabets = {small_set.class_groups[c] for c in pool.classes[entries].ravel().tolist()}
+    assert alphabets == {"Alpha", "Beta"}
+
+
 def test_within_alphabet_on_real_held_out_alphabets(background: OmniglotSet) -> None:
     pool = NAMED_SPLITS["background"].pool(background, "test")
     sampler = EpisodeSampler(pool, ways=20, shots=1, queries=1, seed=0, within_group=True)

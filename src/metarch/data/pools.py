@@ -132,12 +132,25 @@ class ClassPool:
     def entry_groups(self) -> np.ndarray:
         """Group (alphabet) index of each entry, indexing :attr:`group_names`."""
         lookup = {g: i for i, g in enumerate(self.group_names)}
-        return np.asarray([lookup[self.dataset.class_groups[c]] for c in self.classes.tolist()])
+        return np.asarray([lookup[g] for g in self._entry_group_names])
 
     @cached_property
     def group_names(self) -> tuple[str, ...]:
-        """Distinct groups of the entries, in order of first appearance."""
-        return tuple(dict.fromkeys(self.dataset.class_groups[c] for c in self.classes.tolist()))
+        """Distinct groups of the entries, in order of first appearance.
+
+        A rotated alphabet is a group of its own (``Greek@rot090``): rotations are new
+        classes, and a within-alphabet episode must not tell characters apart by their
+        rotation, which the upright test alphabets never allow.
+        """
+        return tuple(dict.fromkeys(self._entry_group_names))
+
+    @cached_property
+    def _entry_group_names(self) -> list[str]:
+        groups = self.dataset.class_groups
+        return [
+            groups[c] if r == 0 else f"{groups[c]}@rot{r * 90:03d}"
+            for c, r in zip(self.classes.tolist(), self.rotations.tolist(), strict=True)
+        ]
 
     @cached_property
     def class_sizes(self) -> np.ndarray:
