@@ -60,9 +60,21 @@ def train(config: Path, run: Path, data_root: Path, *overrides: str, resume: boo
     trainer.run()
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_resume_is_bit_identical(method: str, tmp_path: Path, data_root: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", method)
+AUGMENTED = {
+    "data": BASE["data"] | {"augment": {"rotation": 15.0}},
+    "model": BASE["model"] | {"channels_last": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "changes"),
+    [("maml", {}), ("protonet", {}), ("protonet", AUGMENTED)],
+    ids=["maml", "protonet", "protonet-augmented-channels-last"],
+)
+def test_resume_is_bit_identical(
+    method: str, changes: dict[str, object], tmp_path: Path, data_root: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", method, **changes)
     train(config, tmp_path / "full", data_root)
     train(config, tmp_path / "split", data_root, "steps=4")
     assert load_checkpoint(tmp_path / "split" / "last.json").step == 4
@@ -162,6 +174,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_config(None, ["episodes.ways=1"])
     with pytest.raises(ConfigError, match="--set takes KEY=VALUE"):
         load_config(None, ["steps"])
+    with pytest.raises(ConfigError, match=r"data.augment.rotation: Input should be less"):
+        load_config(None, ["data.augment.rotation=400"])
+    with pytest.raises(ConfigError, match=r"data.augment.flip: unknown key"):
+        load_config(None, ["data.augment.flip=true"])
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from metarch.data.augment import AffineAugmentation
 from metarch.data.pools import ClassPool
 from metarch.data.rng import sample_without_replacement, seed_key, task_keys, uniform
 from metarch.errors import EpisodeError
@@ -29,6 +30,7 @@ __all__ = ["EpisodeBatch", "EpisodeSampler"]
 _CLASS_STREAM = 0
 _GROUP_STREAM = 4
 _DRAWING_STREAM = 8
+_AUGMENT_STREAM = 12
 
 _ROW_SALT = np.uint64(0xD1B54A32D192ED03)
 
@@ -98,6 +100,8 @@ class EpisodeSampler:
             Lake's within-alphabet one-shot task. The group is chosen uniformly among
             groups with at least ``N`` entries.
         dtype: Floating dtype of the images.
+        augment: Random affine distortion of every image (meta-training only), drawn from
+            the task's own random stream, so tasks stay pure functions of their index.
 
     Raises:
         EpisodeError: If the pool cannot provide such episodes.
@@ -113,6 +117,7 @@ class EpisodeSampler:
         seed: int = 0,
         within_group: bool = False,
         dtype: torch.dtype = torch.float32,
+        augment: AffineAugmentation | None = None,
     ) -> None:
         if ways < 1 or shots < 1 or queries < 0:
             raise EpisodeError(
@@ -142,6 +147,7 @@ class EpisodeSampler:
         self.seed = seed
         self.within_group = within_group
         self.dtype = dtype
+        self.augment = augment
         self._seed_key = seed_key(seed)
         self._group_members = np.zeros((0, 0), dtype=np.int64)
         self._group_sizes = np.zeros(0, dtype=np.int64)
@@ -224,10 +230,17 @@ class EpisodeSampler:
         local = self._offsets[entries][:, :, None] + picks
         image_ids = self._dataset_offsets[entries][:, :, None] + picks
         labels = np.arange(n, dtype=np.int64)
+        support_images = self._gather(local[:, :, :k])
+        query_images = self._gather(local[:, :, k:])
+        if self.augment is not None:
+            per_image = self.augment.draws_per_image
+            draws = uniform(keys, _AUGMENT_STREAM, (n, k + self.queries, per_image))
+            support_images = self._distort(support_images, draws[:, :, :k])
+            query_images = self._distort(query_images, draws[:, :, k:])
         return EpisodeBatch(
-            support_images=self._gather(local[:, :, :k]),
+            support_images=support_images,
             support_labels=torch.from_numpy(np.tile(labels.repeat(k), (t, 1))),
-            query_images=self._gather(local[:, :, k:]),
+            query_images=query_images,
             query_labels=torch.from_numpy(np.tile(labels.repeat(self.queries), (t, 1))),
             entries=torch.from_numpy(entries),
             support_image_ids=torch.from_numpy(image_ids[:, :, :k].reshape(t, -1)),
@@ -243,6 +256,15 @@ class EpisodeSampler:
         # arrays this small, and badly so when the cores are busy with training.
         pixels = np.multiply(images, 1.0 / 255.0, dtype=self._np_dtype)
         return torch.from_numpy(pixels.reshape(t, n * s, *images.shape[1:]))
+
+    def _distort(self, images: torch.Tensor, draws: np.ndarray) -> torch.Tensor:
+        """Apply the augmentation to ``(T, N*S, C, H, W)`` images with draws ``(T, N, S, D)``."""
+        assert self.augment is not None
+        if images.shape[1] == 0:
+            return images
+        flat = images.flatten(0, 1)
+        distorted = self.augment(flat, draws.reshape(flat.shape[0], -1))
+        return distorted.view(images.shape)
 
     def batches(self, tasks: int, start: int = 0) -> Iterator[EpisodeBatch]:
         """Endless batches of ``tasks`` episodes, from batch ``start`` on."""

@@ -28,6 +28,7 @@ from metarch.meta.base import META_LEARNERS
 from metarch.models.registry import MODELS
 
 __all__ = [
+    "AugmentConfig",
     "DataConfig",
     "EpisodeConfig",
     "MethodConfig",
@@ -44,6 +45,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AugmentConfig(_Strict):
+    """Random affine distortion of meta-training images (:mod:`metarch.data.augment`).
+
+    Attributes:
+        rotation: Largest rotation, in degrees.
+        shear: Largest horizontal shear factor.
+        scale: Largest relative change of scale along each axis.
+        translate: Largest shift along each axis, as a fraction of the image side.
+    """
+
+    rotation: float = Field(10.0, ge=0, le=180)
+    shear: float = Field(0.1, ge=0, le=1)
+    scale: float = Field(0.1, ge=0, le=0.9)
+    translate: float = Field(0.08, ge=0, le=0.5)
+
+
 class DataConfig(_Strict):
     """Where episodes come from.
 
@@ -54,6 +71,8 @@ class DataConfig(_Strict):
         val_set: Class pool for validation (held-out classes).
         image_size: Side of the decoded images.
         rotations: Add 90/180/270-degree rotations of the training classes as classes.
+        augment: Distort every meta-training image at random (``{}`` for the defaults;
+            absent or ``null``: no distortion). Validation and evaluation never distort.
     """
 
     root: str | None = None
@@ -61,6 +80,7 @@ class DataConfig(_Strict):
     val_set: str = "background:val"
     image_size: int = Field(28, ge=8, le=512)
     rotations: bool = True
+    augment: AugmentConfig | None = None
 
 
 class EpisodeConfig(_Strict):
@@ -87,10 +107,19 @@ class MethodConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The backbone and its options (checked against its factory)."""
+    """The backbone and its options (checked against its factory).
+
+    Attributes:
+        name: Registered backbone name.
+        options: Keyword arguments of its factory.
+        channels_last: Keep convolution weights in channels-last (NHWC) memory, which
+            oneDNN runs faster on CPUs (about 1.4x for Conv-4 training on 2 cores); the
+            numbers computed are the same up to float rounding.
+    """
 
     name: str = "conv4"
     options: dict[str, Any] = Field(default_factory=dict)
+    channels_last: bool = False
 
 
 class OptimizerConfig(_Strict):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metarch.data.augment import AffineAugmentation
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.paths import resolve_data_root
 from metarch.data.pools import ClassPool
@@ -33,7 +34,7 @@ from metarch.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from metarch.engine.config import TrainConfig, dump_config
+from metarch.engine.config import AugmentConfig, TrainConfig, dump_config
 from metarch.engine.distributed import (
     all_reduce_mean,
     average_buffers,
@@ -83,6 +84,11 @@ def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> Met
     options = dict(config.model.options)
     options.setdefault("in_channels", image_shape[0])
     backbone = create_model(config.model.name, **options)
+    if config.model.channels_last:
+        # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.
+        for parameter in backbone.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
     learner_class = META_LEARNERS.get(config.method.name)
     model: nn.Module = backbone
     if learner_class.needs_classifier_head:
@@ -169,6 +175,7 @@ class Trainer:
             shape.queries,
             seed=config.seed,
             within_group=shape.within_alphabet,
+            augment=_augmentation(config.data.augment),
         )
         val_shape = config.validation_episode
         self.val_sampler = EpisodeSampler(
@@ -347,6 +354,10 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return last
+
+
+def _augmentation(settings: AugmentConfig | None) -> AffineAugmentation | None:
+    return None if settings is None else AffineAugmentation(**settings.model_dump())
 
 
 def _check_disjoint(train: ClassPool, val: ClassPool) -> None:
