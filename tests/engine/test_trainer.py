@@ -61,8 +61,9 @@ def train(config: Path, run: Path, data_root: Path, *overrides: str, resume: boo
 
 
 AUGMENTED = {
-    "data": BASE["data"] | {"augment": {"rotation": 15.0}},
-    "model": BASE["model"] | {"channels_last": True},
+    "data": {"train_set": "background", "val_set": "evaluation", "rotations": True}
+    | {"augment": {"rotation": 15.0}},
+    "model": {"name": "conv4", "options": {"hidden": 8}, "channels_last": True},
 }
 
 
