@@ -138,6 +138,19 @@ def test_run_directory_contents(tmp_path: Path, data_root: Path) -> None:
     assert (run / "best.json").exists() and list((run / "tensorboard").iterdir())
 
 
+def test_final_model_without_validation(tmp_path: Path, data_root: Path) -> None:
+    from metarch.engine.evaluate import load_trained_learner
+
+    run = tmp_path / "run"
+    train(write_config(tmp_path / "c.yaml", "protonet"), run, data_root, "data.val_set=null")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert records and all(r["phase"] == "train" for r in records)
+    assert (run / "last.json").exists() and not (run / "best.json").exists()
+    # Evaluation's default checkpoint (best) falls back to last.
+    learner, config = load_trained_learner(run)
+    assert config.data.val_set is None and not learner.training
+
+
 def test_existing_run_needs_resume(tmp_path: Path, data_root: Path) -> None:
     config = write_config(tmp_path / "c.yaml", "protonet", steps=1)
     train(config, tmp_path / "run", data_root)

@@ -68,7 +68,9 @@ class DataConfig(_Strict):
         root: Data root (default: ``--data-root``, ``METARCH_DATA``, ...).
         train_set: Class pool for meta-training (``--set`` syntax: ``background:train``, a
             set name, or a split file).
-        val_set: Class pool for validation (held-out classes).
+        val_set: Class pool for validation (held-out classes), or ``null`` for none: a final
+            model trained on every class (``background:train+val``) after its settings were
+            chosen on a validation run; such a run keeps only its ``last`` checkpoint.
         image_size: Side of the decoded images.
         rotations: Add 90/180/270-degree rotations of the training classes as classes.
         augment: Distort every meta-training image at random (``{}`` for the defaults;
@@ -77,7 +79,7 @@ class DataConfig(_Strict):
 
     root: str | None = None
     train_set: str = "background:train"
-    val_set: str = "background:val"
+    val_set: str | None = "background:val"
     image_size: int = Field(28, ge=8, le=512)
     rotations: bool = True
     augment: AugmentConfig | None = None

@@ -163,10 +163,6 @@ class Trainer:
             image_size=config.data.image_size,
             rotations=config.data.rotations,
         )
-        self.val_pool: ClassPool = load_pool(
-            config.data.val_set, root, image_size=config.data.image_size
-        )
-        _check_disjoint(self.train_pool, self.val_pool)
         shape = config.episodes
         self.sampler = EpisodeSampler(
             self.train_pool,
@@ -177,15 +173,19 @@ class Trainer:
             within_group=shape.within_alphabet,
             augment=_augmentation(config.data.augment),
         )
-        val_shape = config.validation_episode
-        self.val_sampler = EpisodeSampler(
-            self.val_pool,
-            val_shape.ways,
-            val_shape.shots,
-            val_shape.queries,
-            seed=config.validation.seed,
-            within_group=val_shape.within_alphabet,
-        )
+        self.val_sampler: EpisodeSampler | None = None
+        if config.data.val_set is not None:
+            val_pool = load_pool(config.data.val_set, root, image_size=config.data.image_size)
+            _check_disjoint(self.train_pool, val_pool)
+            val_shape = config.validation_episode
+            self.val_sampler = EpisodeSampler(
+                val_pool,
+                val_shape.ways,
+                val_shape.shots,
+                val_shape.queries,
+                seed=config.validation.seed,
+                within_group=val_shape.within_alphabet,
+            )
         self.learner = build_learner(config, self.train_pool.dataset.image_shape)
         self.optimizer = self._make_optimizer()
         self.start_step = 0
@@ -291,6 +291,8 @@ class Trainer:
 
     def validate(self) -> EvaluationResult:
         """Validation accuracy on the held-out pool (fixed episodes)."""
+        if self.val_sampler is None:
+            raise TrainingError("this run has no validation set (data.val_set is null)")
         return evaluate_learner(self.learner, self.val_sampler, self.config.validation.episodes)
 
     def run(self) -> dict[str, Any]:
@@ -340,7 +342,8 @@ class Trainer:
                     self._log(record, writer)
                 validate_now = config.validation.every and done % config.validation.every == 0
                 # Only rank 0 validates; the others wait for it at the next all-reduce.
-                if group.is_main and (validate_now or done == config.steps):
+                has_validation = self.val_sampler is not None
+                if group.is_main and has_validation and (validate_now or done == config.steps):
                     result = self.validate()
                     self._log({"phase": "val", "step": done, **result.to_json()}, writer)
                     last["val_accuracy"] = result.accuracy
