@@ -152,6 +152,7 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
 DEMO_CONFIG = {
     "method.name": "protonet",
     "model.name": "conv4",
+    "model.channels_last": "true",
     "episodes.ways": 20,
     "episodes.shots": 1,
     "episodes.queries": 5,
