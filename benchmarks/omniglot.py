@@ -5,7 +5,9 @@ Each ``configs/omniglot-<method>-<ways>w<shots>s.yaml`` is meta-trained on
 (5 alphabets never seen in training or validation, listed in
 ``metarch.data.pools.NAMED_SPLITS``) with ``metarch evaluate`` on 1,000 fixed episodes
 (seed 0) of its task; ``omniglot-<method>-lake.yaml`` is tested on within-alphabet 20-way
-1-shot episodes and reported as an error. Runs already finished in the runs folder are
+1-shot episodes and reported as an error. Way-agnostic models (prototypical networks)
+are also tested on 5-way, 20-way and within-alphabet 20-way 1-shot episodes: one model
+serves every task. Runs already finished in the runs folder are
 evaluated again, not retrained; interrupted ones resume.
 
 Usage::
@@ -34,12 +36,51 @@ def metarch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def task_of(stem: str) -> tuple[int, int, bool]:
+Task = tuple[int, int, bool]
+#: Tasks every way-agnostic model (no classifier head, e.g. prototypical networks) is also
+#: tested on: one model serves them all.
+EXTRA_TASKS: tuple[Task, ...] = ((5, 1, False), (20, 1, False), (20, 1, True))
+
+
+def task_of(stem: str) -> Task:
     """``(ways, shots, within_alphabet)`` tested for a config name."""
     if stem.endswith("-lake"):
         return 20, 1, True
     ways, shots = stem.rsplit("-", 1)[1].rstrip("s").split("w")
     return int(ways), int(shots), False
+
+
+def tasks_of(path: Path) -> list[Task]:
+    """The config's own task first, then the extra tasks a way-agnostic model can take."""
+    from metarch.engine.config import load_config
+    from metarch.meta.base import META_LEARNERS
+
+    own = task_of(path.stem)
+    if META_LEARNERS.get(load_config(path).method.name).needs_classifier_head:
+        return [own]
+    return [own, *(task for task in EXTRA_TASKS if task != own)]
+
+
+def evaluate_task(run: Path, task: Task, data: list[str], episodes: int) -> dict[str, Any]:
+    """Accuracy on ``episodes`` fixed episodes (seed 0) of background:test, or an error."""
+    ways, shots, within = task
+    evaluate = ["evaluate", "--run", str(run), "--set", "background:test", *data]
+    evaluate += ["--ways", str(ways), "--shots", str(shots)]
+    evaluate += ["--queries", "5" if ways > 5 else "15", "--episodes", str(episodes)]
+    evaluate += ["--seed", "0", "--json"]
+    if within:
+        evaluate.append("--within-alphabet")
+    done = metarch(*evaluate)
+    task = f"{ways}-way {shots}-shot" + (" within-alphabet" if within else "")
+    if done.returncode != 0:
+        return {"task": task, "error": done.stderr.strip()}
+    result = json.loads(done.stdout)
+    return {
+        "task": task,
+        "accuracy": result["accuracy"],
+        "ci95": result["ci95"],
+        "error_percent": 100.0 - result["accuracy"] if within else None,
+    }
 
 
 def main() -> None:
@@ -68,41 +109,20 @@ def main() -> None:
         started = time.perf_counter()
         trained = metarch(*train)
         seconds = time.perf_counter() - started
-        row: dict[str, Any] = {"config": path.stem, "run": str(run)}
         if trained.returncode != 0:
-            row["error"] = trained.stderr.strip().splitlines()[-1:] or ["failed"]
-            rows.append(row)
+            error = trained.stderr.strip().splitlines()[-1:] or ["failed"]
+            rows.append({"config": path.stem, "run": str(run), "error": error[0]})
             continue
-        ways, shots, within = task_of(path.stem)
-        evaluate = ["evaluate", "--run", str(run), "--set", "background:test", *data]
-        evaluate += [
-            "--ways",
-            str(ways),
-            "--shots",
-            str(shots),
-            "--queries",
-            "5" if ways > 5 else "15",
-        ]
-        evaluate += ["--episodes", str(args.episodes), "--seed", "0", "--json"]
-        if within:
-            evaluate.append("--within-alphabet")
-        done = metarch(*evaluate)
-        if done.returncode != 0:
-            row["error"] = done.stderr.strip()
-            rows.append(row)
-            continue
-        result = json.loads(done.stdout)
-        sidecar = json.loads((run / "last.json").read_text())
-        row |= {
-            "task": f"{ways}-way {shots}-shot" + (" within-alphabet" if within else ""),
-            "accuracy": result["accuracy"],
-            "ci95": result["ci95"],
-            "error_percent": 100.0 - result["accuracy"] if within else None,
-            "steps": sidecar["step"],
+        common = {
+            "config": path.stem,
+            "run": str(run),
+            "steps": json.loads((run / "last.json").read_text())["step"],
             "train_seconds_this_call": seconds,
             "train_seconds_total": _total_train_seconds(run),
         }
-        rows.append(row)
+        for index, task in enumerate(tasks_of(path)):
+            result = evaluate_task(run, task, data, args.episodes)
+            rows.append({**common, "own_task": index == 0, **result})
     report = {
         "benchmark": "omniglot",
         "test_pool": "background:test",
