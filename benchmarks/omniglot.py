@@ -71,12 +71,12 @@ def evaluate_task(run: Path, task: Task, data: list[str], episodes: int) -> dict
     if within:
         evaluate.append("--within-alphabet")
     done = metarch(*evaluate)
-    task = f"{ways}-way {shots}-shot" + (" within-alphabet" if within else "")
+    name = f"{ways}-way {shots}-shot" + (" within-alphabet" if within else "")
     if done.returncode != 0:
-        return {"task": task, "error": done.stderr.strip()}
+        return {"task": name, "error": done.stderr.strip()}
     result = json.loads(done.stdout)
     return {
-        "task": task,
+        "task": name,
         "accuracy": result["accuracy"],
         "ci95": result["ci95"],
         "error_percent": 100.0 - result["accuracy"] if within else None,
