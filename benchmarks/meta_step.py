@@ -58,6 +58,8 @@ OURS: dict[str, dict[str, Any]] = {
     "metarch-batched": {"batching": "batched"},
     # Fewer tasks whose inner-loop graphs are held at once: less memory, a little slower.
     "metarch-batched-small": {"batching": "batched", "support_group": 4, "query_chunk": 1},
+    # The batched path before task threads: one shard, every --threads thread inside each op.
+    "metarch-batched-intraop": {"batching": "batched", "task_threads": 1},
 }
 #: The float64 reference meta-gradient (metarch's loop in float64).
 REFERENCE = "float64"

@@ -54,10 +54,11 @@ def _meta_gradients(
         ("batch", {"steps": 0}),
     ],
 )
-@pytest.mark.parametrize("chunks", [(8, 4), (3, 2), (1, 1)])
+@pytest.mark.parametrize("chunks", [(8, 4, 1), (3, 2, 3), (1, 1, 2)])
 def test_batched_and_loop_give_the_same_second_order_meta_gradient(
-    policy: str, options: dict[str, object], chunks: tuple[int, int]
+    policy: str, options: dict[str, object], chunks: tuple[int, int, int]
 ) -> None:
+    # chunks: support group, query chunk, task threads.
     steps = int(options["steps"])  # type: ignore[call-overload]
     results = {}
     for batching in ("loop", "batched"):
@@ -66,7 +67,9 @@ def test_batched_and_loop_give_the_same_second_order_meta_gradient(
             for buffer in model.buffers():
                 buffer.add_(torch.rand(buffer.shape, generator=torch.Generator().manual_seed(3)))
         extra = (
-            {"support_group": chunks[0], "query_chunk": chunks[1]} if batching == "batched" else {}
+            {"support_group": chunks[0], "query_chunk": chunks[1], "task_threads": chunks[2]}
+            if batching == "batched"
+            else {}
         )
         results[batching] = _meta_gradients(model, batching, norm_policy=policy, **options, **extra)
     loop, batched = results["loop"], results["batched"]
@@ -167,3 +170,31 @@ def test_chunk_sizes_are_validated() -> None:
 def test_retain_freed_memory_is_idempotent() -> None:
     first = retain_freed_memory()
     assert retain_freed_memory() is first
+
+
+@pytest.mark.parametrize("lr_mode", ["fixed", "per_layer_step"])
+def test_task_threads_are_deterministic_and_match_one_thread(lr_mode: str) -> None:
+    def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = tiny_classifier(steps=2).float()
+        learner = MAML(
+            model,
+            inner_lr=0.3,
+            steps=2,
+            lr_mode=lr_mode,
+            batching="batched",
+            support_group=2,
+            task_threads=threads,
+        )
+        batch = make_batch(tasks=12, dtype=torch.float32)
+        learner.compute_meta_gradients(batch)
+        learner.compute_meta_gradients(batch)  # accumulates onto existing .grad
+        buffers = torch.cat([b.flatten() for b in model.buffers()])
+        return flat_grad(list(learner.parameters())), buffers
+
+    one, threaded, again = run(1), run(3), run(3)
+    # Same result to float32 rounding; bit-identical between threaded runs.
+    torch.testing.assert_close(threaded[0], one[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(threaded[1], one[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(threaded[0], again[0]) and torch.equal(threaded[1], again[1])
+    assert torch.get_num_threads() >= 1

@@ -52,6 +52,7 @@ __all__ = [
     "BatchedResult",
     "BatchingUnsupportedError",
     "TaskBatchedModel",
+    "accumulate_statistics",
     "batched_meta_gradients",
     "channels_last",
     "from_grouped",
@@ -557,7 +558,7 @@ def stack_for_tasks(param: Tensor, tasks: int) -> Tensor:
     return nhwc.contiguous().permute(0, 1, 4, 2, 3)
 
 
-def _accumulate(
+def accumulate_statistics(
     total: RecordedStatistics, part: RecordedStatistics, share: float, *, first: bool
 ) -> None:
     """Add ``share`` times the statistics of ``part`` (the first part replaces)."""
@@ -676,7 +677,7 @@ def batched_meta_gradients(
                 )
                 logits = batched(chunk, query_x[g0 + c0 : g0 + c1], context)
                 if chunk_record is not None and record is not None:
-                    _accumulate(record, chunk_record, (c1 - c0) / group, first=c0 == 0)
+                    accumulate_statistics(record, chunk_record, (c1 - c0) / group, first=c0 == 0)
                 per_task = _task_losses(logits, query_y[g0 + c0 : g0 + c1], loss_fn)
                 if step == steps:
                     hits = logits.argmax(dim=-1) == query_y[g0 + c0 : g0 + c1]
@@ -696,5 +697,5 @@ def batched_meta_gradients(
             torch.autograd.backward(outputs, output_grads)
         losses.append(task_losses)
         if record is not None:
-            _accumulate(statistics, record, group / tasks, first=g0 == 0)
+            accumulate_statistics(statistics, record, group / tasks, first=g0 == 0)
     return BatchedResult(torch.cat(losses), torch.cat(accuracies), statistics)

@@ -114,10 +114,29 @@ class InnerLearningRates(nn.Module):
 
     def rate(self, name: str, step: int) -> Tensor | float:
         """Rate for parameter ``name`` at inner step ``step``."""
+        return self._rate_of(self.rates, name, step)
+
+    def _rate_of(
+        self, rates: Mapping[str, Tensor] | nn.ParameterDict, name: str, step: int
+    ) -> Tensor | float:
         if self.mode == "fixed":
             return self.init
-        rate: Tensor = self.rates[name.replace(".", "__")]
+        rate = rates[name.replace(".", "__")]
         return rate[step] if self.mode == "per_layer_step" else rate
+
+    def leaf_copy(self) -> tuple[Callable[[str, int], Tensor | float], dict[str, Tensor]]:
+        """A rate function that reads detached leaf copies of the learnable rates.
+
+        Lets a worker thread collect the rates' meta-gradients in leaves of its own (in
+        ``leaves[key].grad``, keys as in :attr:`rates`) instead of accumulating into the
+        shared parameters in whatever order threads finish.
+        """
+        leaves = {key: rate.detach().requires_grad_() for key, rate in self.rates.items()}
+
+        def rate(name: str, step: int) -> Tensor | float:
+            return self._rate_of(leaves, name, step)
+
+        return rate, leaves
 
 
 @dataclass

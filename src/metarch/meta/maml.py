@@ -19,6 +19,8 @@ task's graph at once. All give the same meta-gradient (tested at second order).
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -27,8 +29,10 @@ from torch import Tensor, nn
 from metarch.data.episodes import EpisodeBatch
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
 from metarch.meta.batched import (
+    BatchedResult,
     BatchingUnsupportedError,
     TaskBatchedModel,
+    accumulate_statistics,
     batched_meta_gradients,
     retain_freed_memory,
 )
@@ -76,6 +80,11 @@ class MAML(MetaLearner):
             graph is held until their meta-gradient is done).
         query_chunk: With ``"batched"``: tasks whose query passes run together (bounds the
             memory of the large query activations).
+        task_threads: With ``"batched"``: split the meta-batch into this many shards of
+            tasks, each run by its own thread with one intra-op thread, and sum their
+            meta-gradients in a fixed order (deterministic). ``None``: as many as
+            ``torch.get_num_threads()``. Small CPU convolutions scale poorly over intra-op
+            threads (and collapse when the cores are shared); independent tasks scale well.
 
     With ``"batched"``, the first meta-gradient also tunes glibc's allocator to keep
     freed memory (see :func:`~metarch.meta.batched.retain_freed_memory`).
@@ -96,6 +105,7 @@ class MAML(MetaLearner):
         batching: Batching = "auto",
         support_group: int = 8,
         query_chunk: int = 2,
+        task_threads: int | None = None,
     ) -> None:
         super().__init__()
         if batching not in ("auto", "vmap", "loop", "batched"):
@@ -104,6 +114,8 @@ class MAML(MetaLearner):
             )
         if support_group < 1 or query_chunk < 1:
             raise ValueError("support_group and query_chunk must be positive")
+        if task_threads is not None and task_threads < 1:
+            raise ValueError(f"task_threads must be positive or None, got {task_threads}")
         self.model = model
         name_norm_layers(model)
         names = [name for name, _ in model.named_parameters()]
@@ -134,6 +146,7 @@ class MAML(MetaLearner):
         self.batching: Batching = batching
         self.support_group = support_group
         self.query_chunk = query_chunk
+        self.task_threads = task_threads
         self._batched: TaskBatchedModel | None = None
 
     # -- meta-training ---------------------------------------------------------------------
@@ -206,16 +219,39 @@ class MAML(MetaLearner):
             self._batched = TaskBatchedModel.trace(self.model)
             retain_freed_memory()
         params, _ = self._params_and_buffers()
+        tasks = batch.num_tasks
+        threads = self.task_threads or torch.get_num_threads()
+        if min(threads, tasks) > 1:
+            result = self._batched_in_threads(batch, params, min(threads, tasks))
+        else:
+            result = self._batched_shard(batch, 0, tasks, params, self.rates.rate)
+        apply_recorded_statistics(self.model, result.statistics)
+        return MetaMetrics(
+            loss=float(result.losses.mean()),
+            accuracy=float(result.accuracies.mean()),
+            tasks=tasks,
+        )
+
+    def _batched_shard(
+        self,
+        batch: EpisodeBatch,
+        first: int,
+        end: int,
+        params: Params,
+        rate: Callable[[str, int], Tensor | float],
+    ) -> BatchedResult:
+        """Mean meta-gradient of tasks ``first .. end-1`` into ``params``' ``.grad``."""
+        assert self._batched is not None
         policy = self.config.norm_policy
-        result = batched_meta_gradients(
+        return batched_meta_gradients(
             self._batched,
             params,
-            batch.support_images,
-            batch.support_labels,
-            batch.query_images,
-            batch.query_labels,
+            batch.support_images[first:end],
+            batch.support_labels[first:end],
+            batch.query_images[first:end],
+            batch.query_labels[first:end],
             adapt=self.adapt_names,
-            rate=self.rates.rate,
+            rate=rate,
             steps=self.config.steps,
             first_order=self.config.first_order,
             query_weights=self.config.query_weights(),
@@ -227,11 +263,52 @@ class MAML(MetaLearner):
             support_group=self.support_group,
             query_chunk=self.query_chunk,
         )
-        apply_recorded_statistics(self.model, result.statistics)
-        return MetaMetrics(
-            loss=float(result.losses.mean()),
-            accuracy=float(result.accuracies.mean()),
-            tasks=batch.num_tasks,
+
+    def _batched_in_threads(
+        self, batch: EpisodeBatch, params: Params, threads: int
+    ) -> BatchedResult:
+        """Shards of tasks in parallel threads; their gradients summed in shard order."""
+        tasks = batch.num_tasks
+        bounds = [(i * tasks // threads, (i + 1) * tasks // threads) for i in range(threads)]
+        # Every shard accumulates into leaves of its own, so no two threads touch one .grad
+        # and the sum below has one order: the result does not depend on thread timing.
+        shards = []
+        for _ in bounds:
+            leaves = {n: p.detach().requires_grad_(p.requires_grad) for n, p in params.items()}
+            rate, rate_leaves = self.rates.leaf_copy()
+            shards.append((leaves, rate, rate_leaves))
+        results: list[BatchedResult | None] = [None] * threads
+        errors: list[BaseException | None] = [None] * threads
+
+        def work(index: int) -> None:
+            torch.set_num_threads(1)  # per thread: one intra-op thread each
+            (first, end), (leaves, rate, _) = bounds[index], shards[index]
+            try:
+                results[index] = self._batched_shard(batch, first, end, leaves, rate)
+            except BaseException as exc:  # re-raised in the calling thread
+                errors[index] = exc
+
+        intra_op = torch.get_num_threads()
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        torch.set_num_threads(intra_op)
+        for error in errors:
+            if error is not None:
+                raise error
+        shares = [(end - first) / tasks for first, end in bounds]
+        _add_shard_gradients(params, [leaves for leaves, _, _ in shards], shares)
+        _add_shard_gradients(
+            dict(self.rates.rates.items()), [leaves for _, _, leaves in shards], shares
+        )
+        done = [r for r in results if r is not None]
+        statistics = RecordedStatistics()
+        for index, (result, share) in enumerate(zip(done, shares, strict=True)):
+            accumulate_statistics(statistics, result.statistics, share, first=index == 0)
+        return BatchedResult(
+            torch.cat([r.losses for r in done]), torch.cat([r.accuracies for r in done]), statistics
         )
 
     def _meta_gradients_vmap(self, batch: EpisodeBatch) -> MetaMetrics:
@@ -332,3 +409,17 @@ class ANIL(MAML):
     def __init__(self, model: nn.Module, **kwargs: object) -> None:
         kwargs.setdefault("adapt", "head")
         super().__init__(model, **kwargs)  # type: ignore[arg-type]
+
+
+def _add_shard_gradients(
+    targets: Mapping[str, Tensor], shards: Sequence[Mapping[str, Tensor]], shares: Sequence[float]
+) -> None:
+    """``target.grad += sum(share * shard.grad)`` over shards, in shard order."""
+    for name, target in targets.items():
+        total: Tensor | None = None
+        for leaves, share in zip(shards, shares, strict=True):
+            grad = leaves[name].grad
+            if grad is not None:
+                total = grad * share if total is None else total + grad * share
+        if total is not None:
+            target.grad = total if target.grad is None else target.grad + total
