@@ -19,8 +19,8 @@ task's graph at once. All give the same meta-gradient (tested at second order).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
@@ -277,33 +277,17 @@ class MAML(MetaLearner):
             leaves = {n: p.detach().requires_grad_(p.requires_grad) for n, p in params.items()}
             rate, rate_leaves = self.rates.leaf_copy()
             shards.append((leaves, rate, rate_leaves))
-        results: list[BatchedResult | None] = [None] * threads
-        errors: list[BaseException | None] = [None] * threads
-
-        def work(index: int) -> None:
-            torch.set_num_threads(1)  # per thread: one intra-op thread each
-            (first, end), (leaves, rate, _) = bounds[index], shards[index]
-            try:
-                results[index] = self._batched_shard(batch, first, end, leaves, rate)
-            except BaseException as exc:  # re-raised in the calling thread
-                errors[index] = exc
-
-        intra_op = torch.get_num_threads()
-        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        torch.set_num_threads(intra_op)
-        for error in errors:
-            if error is not None:
-                raise error
+        pool = _task_pool(threads)
+        futures = [
+            pool.submit(self._batched_shard, batch, first, end, leaves, rate)
+            for (first, end), (leaves, rate, _) in zip(bounds, shards, strict=True)
+        ]
+        done = [future.result() for future in futures]  # re-raises a shard's error
         shares = [(end - first) / tasks for first, end in bounds]
         _add_shard_gradients(params, [leaves for leaves, _, _ in shards], shares)
         _add_shard_gradients(
             dict(self.rates.rates.items()), [leaves for _, _, leaves in shards], shares
         )
-        done = [r for r in results if r is not None]
         statistics = RecordedStatistics()
         for index, (result, share) in enumerate(zip(done, shares, strict=True)):
             accumulate_statistics(statistics, result.statistics, share, first=index == 0)
@@ -409,6 +393,25 @@ class ANIL(MAML):
     def __init__(self, model: nn.Module, **kwargs: object) -> None:
         kwargs.setdefault("adapt", "head")
         super().__init__(model, **kwargs)  # type: ignore[arg-type]
+
+
+_TASK_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _task_pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` threads with one intra-op thread each.
+
+    Kept for the life of the process: the same threads serve every meta-iteration, so
+    their allocator arenas and oneDNN caches are reused instead of grown anew.
+    """
+    if threads not in _TASK_POOLS:
+        _TASK_POOLS[threads] = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="metarch-tasks",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+    return _TASK_POOLS[threads]
 
 
 def _add_shard_gradients(
