@@ -58,6 +58,9 @@ OURS: dict[str, dict[str, Any]] = {
     "metarch-batched": {"batching": "batched"},
     # Fewer tasks whose inner-loop graphs are held at once: less memory, a little slower.
     "metarch-batched-small": {"batching": "batched", "support_group": 4, "query_chunk": 1},
+    # Two tasks per inner-loop group and one per query pass, in every task thread: the least
+    # memory of the batched path.
+    "metarch-batched-lean": {"batching": "batched", "support_group": 2, "query_chunk": 1},
     # The batched path before task threads: one shard, every --threads thread inside each op.
     "metarch-batched-intraop": {"batching": "batched", "task_threads": 1},
 }
