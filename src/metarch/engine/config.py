@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -125,23 +126,58 @@ class ModelConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    """Outer (meta) optimizer.
+    """Outer (meta) optimizer and its learning-rate schedule.
 
     Attributes:
         name: ``adam`` or ``sgd``.
-        lr: Learning rate.
+        lr: Learning rate (at step 0).
         weight_decay: L2 penalty.
-        lr_decay_every: Multiply the rate by ``lr_decay`` every this many steps (0: never).
-        lr_decay: Factor of each decay.
+        schedule: How the rate changes over the run's ``steps``: ``step`` (multiply by
+            ``lr_decay`` every ``lr_decay_every`` steps), ``linear`` (from ``lr`` to
+            ``lr_final``, as Reptile anneals its meta step size) or ``cosine`` (half a
+            cosine from ``lr`` to ``lr_final``).
+        lr_decay_every: With ``step``: decay every this many steps (0: never).
+        lr_decay: With ``step``: factor of each decay.
+        lr_final: With ``linear`` or ``cosine``: the rate the last step would reach.
         grad_clip: Clip the meta-gradient norm to this value (0: no clipping).
     """
 
     name: Literal["adam", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["step", "linear", "cosine"] = "step"
     lr_decay_every: int = Field(0, ge=0)
     lr_decay: float = Field(0.5, gt=0, le=1)
+    lr_final: float = Field(0.0, ge=0)
     grad_clip: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> OptimizerConfig:
+        if self.schedule != "step" and self.lr_decay_every:
+            raise ValueError(
+                f"optimizer.lr_decay_every: only the 'step' schedule decays in steps, not "
+                f"{self.schedule!r} (drop lr_decay_every or set schedule: step)"
+            )
+        if self.lr_final > self.lr:
+            raise ValueError(
+                f"optimizer.lr_final: {self.lr_final} is above optimizer.lr {self.lr}; "
+                "schedules only lower the rate"
+            )
+        return self
+
+    def learning_rate(self, step: int, total: int) -> float:
+        """The rate of meta-training step ``step`` (0-based) of a run of ``total`` steps.
+
+        A pure function of the step, so a resumed run needs no scheduler state.
+        """
+        if self.schedule == "step":
+            if self.lr_decay_every == 0:
+                return self.lr
+            return self.lr * self.lr_decay ** (step // self.lr_decay_every)
+        done = min(step / max(total, 1), 1.0)
+        if self.schedule == "linear":
+            return self.lr + (self.lr_final - self.lr) * done
+        return self.lr_final + (self.lr - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 class ValidationConfig(_Strict):

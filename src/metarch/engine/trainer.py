@@ -205,10 +205,7 @@ class Trainer:
         return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
     def _learning_rate(self, step: int) -> float:
-        settings = self.config.optimizer
-        if settings.lr_decay_every == 0:
-            return settings.lr
-        return settings.lr * settings.lr_decay ** (step // settings.lr_decay_every)
+        return self.config.optimizer.learning_rate(step, self.config.steps)
 
     def _start_fresh(self) -> None:
         if not self.group.is_main:
