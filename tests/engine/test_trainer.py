@@ -160,6 +160,23 @@ def test_existing_run_needs_resume(tmp_path: Path, data_root: Path) -> None:
         train(config, tmp_path / "run", data_root, "seed=9", resume=True)
 
 
+def test_resume_accepts_a_config_saved_before_newer_keys(tmp_path: Path, data_root: Path) -> None:
+    # A run saved by an older metarch lacks keys added since (they take their defaults),
+    # and without a validation set its validation settings mean nothing.
+    config = write_config(tmp_path / "c.yaml", "protonet", steps=3)
+    run = tmp_path / "run"
+    train(config, run, data_root, "steps=2", "data.val_set=null")
+    sidecar_path = run / "last.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["config"]["optimizer"]["schedule"], sidecar["config"]["optimizer"]["lr_final"]
+    sidecar["config"]["validation"]["every"] = 1000
+    sidecar_path.write_text(json.dumps(sidecar))
+    train(config, run, data_root, "data.val_set=null", resume=True)
+    assert load_checkpoint(sidecar_path).step == 3
+    with pytest.raises(TrainingError, match="differs from the saved one in optimizer"):
+        train(config, run, data_root, "data.val_set=null", "optimizer.lr=0.5", resume=True)
+
+
 def test_validation_classes_must_not_be_trained_on(tmp_path: Path, data_root: Path) -> None:
     config = write_config(tmp_path / "c.yaml", "protonet", steps=1)
     with pytest.raises(TrainingError, match=r"shares 7 classes with data.train_set.*disjoint"):

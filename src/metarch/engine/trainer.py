@@ -78,6 +78,24 @@ class EvaluationResult:
         return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
 
 
+def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run's config must share with the saved one.
+
+    The saved config is read through today's schema first, so keys added since it was
+    written take their defaults (an old run resumes as long as its settings still mean the
+    same). Only the run's length may change; validation settings are dropped when there is
+    no validation set, since they then affect nothing.
+    """
+    try:
+        normal = TrainConfig.model_validate(config).model_dump(mode="json")
+    except ValueError:
+        normal = dict(config)  # no longer valid: compared as saved, so the change is named
+    normal.pop("steps", None)
+    if normal.get("data", {}).get("val_set", "") is None:
+        normal.pop("validation", None)
+    return normal
+
+
 def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
     """The meta-learner a config describes, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
@@ -224,11 +242,8 @@ class Trainer:
             checkpoint = load_checkpoint(self.run_dir / "last.json")
         except CheckpointError as exc:
             raise TrainingError(f"cannot resume: {exc}") from None
-        saved = dict(checkpoint.config)
-        current = self.config.model_dump(mode="json")
-        # Only the length of the run may change on resume; anything else is another run.
-        saved.pop("steps", None)
-        current.pop("steps", None)
+        saved = _comparable_config(checkpoint.config)
+        current = _comparable_config(self.config.model_dump(mode="json"))
         if saved != current:
             changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise TrainingError(
