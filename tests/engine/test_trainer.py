@@ -177,6 +177,17 @@ def test_resume_accepts_a_config_saved_before_newer_keys(tmp_path: Path, data_ro
         train(config, run, data_root, "data.val_set=null", "optimizer.lr=0.5", resume=True)
 
 
+def test_resume_refuses_a_new_length_under_an_annealed_schedule(
+    tmp_path: Path, data_root: Path
+) -> None:
+    # A linear rate depends on the run's length: a longer resumed run is another run.
+    config = write_config(tmp_path / "c.yaml", "protonet", steps=3)
+    annealed = ("optimizer.schedule=linear", "data.val_set=null")
+    train(config, tmp_path / "run", data_root, *annealed)
+    with pytest.raises(TrainingError, match="differs from the saved one in steps"):
+        train(config, tmp_path / "run", data_root, *annealed, "steps=5", resume=True)
+
+
 def test_validation_classes_must_not_be_trained_on(tmp_path: Path, data_root: Path) -> None:
     config = write_config(tmp_path / "c.yaml", "protonet", steps=1)
     with pytest.raises(TrainingError, match=r"shares 7 classes with data.train_set.*disjoint"):

@@ -83,14 +83,16 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
 
     The saved config is read through today's schema first, so keys added since it was
     written take their defaults (an old run resumes as long as its settings still mean the
-    same). Only the run's length may change; validation settings are dropped when there is
-    no validation set, since they then affect nothing.
+    same). Only the run's length may change, and only under a ``step`` schedule (a
+    ``linear`` or ``cosine`` rate depends on it); validation settings are dropped when there
+    is no validation set, since they then affect nothing.
     """
     try:
         normal = TrainConfig.model_validate(config).model_dump(mode="json")
     except ValueError:
         normal = dict(config)  # no longer valid: compared as saved, so the change is named
-    normal.pop("steps", None)
+    if normal.get("optimizer", {}).get("schedule", "step") == "step":
+        normal.pop("steps", None)
     if normal.get("data", {}).get("val_set", "") is None:
         normal.pop("validation", None)
     return normal
