@@ -47,6 +47,12 @@ def test_evaluate_episodes_json(
     assert 0 <= result["accuracy"] <= 100 and result["ci95"] >= 0
     # Same seed, same episodes: the same number twice.
     assert json.loads(run_cli(args, capsys)[1]) == result
+    # Test-time augmentation: reproducible, and a different measurement.
+    code, out, err = run_cli([*args, "--tta", "2"], capsys)
+    assert code == 0, err
+    augmented = json.loads(out)
+    assert augmented["episodes"] == 10 and augmented != result
+    assert json.loads(run_cli([*args, "--tta", "2"], capsys)[1]) == augmented
 
 
 def test_evaluate_within_alphabet_and_checkpoint_choice(
@@ -69,6 +75,9 @@ def test_evaluate_lake_runs(trained: tuple[Path, Path], capsys: pytest.CaptureFi
     assert len(result["per_run"]) == 20
     # Queries are the class images themselves here: a prototype classifier gets them right.
     assert result["error_percent"] == pytest.approx(0.0)
+    code, out, err = run_cli([*args, "--tta", "2", "--tta-strength", "0.25"], capsys)
+    assert code == 0, err
+    assert "error" in out and "%" in out
 
 
 def test_evaluate_errors(
@@ -81,6 +90,11 @@ def test_evaluate_errors(
         ["evaluate", "--run", str(run), "--data-root", str(root), "--protocol", "nope"], capsys
     )
     assert code == 2 and "--protocol must be" in err
+    base = ["evaluate", "--run", str(run), "--data-root", str(root)]
+    code, _, err = run_cli([*base, "--tta", "2", "--tta-strength", "2"], capsys)
+    assert code == 2 and "--tta-strength must be in (0, 1]" in err
+    code, _, err = run_cli([*base, "--tta", "-1"], capsys)
+    assert code == 2 and "--tta must be 0 (off) or a number of copies" in err
     code, _, err = run_cli(
         [
             "evaluate",

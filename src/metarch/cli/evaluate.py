@@ -11,6 +11,7 @@ from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
 from metarch.cli.progress import show_progress
 from metarch.engine.evaluate import evaluate_episodes, evaluate_lake, load_trained_learner
 from metarch.errors import ConfigError
+from metarch.meta.test_time import TestTimeAugmentation
 
 __all__ = ["evaluate"]
 
@@ -31,17 +32,34 @@ def evaluate(
     episodes: int = typer.Option(1000, "--episodes"),
     within_alphabet: bool = typer.Option(False, "--within-alphabet"),
     seed: int = typer.Option(0, "--seed", help="Seed of the evaluation episodes."),
+    tta: int = typer.Option(
+        0,
+        "--tta",
+        help="Test-time augmentation: also adapt to and average predictions over this many "
+        "randomly distorted copies of every image (costs copies+1 times the time).",
+    ),
+    tta_strength: float = typer.Option(
+        0.5,
+        "--tta-strength",
+        help="Distortion ranges of --tta, as a fraction (0, 1] of training augmentation's "
+        "defaults (rotation 10 deg, shear 0.1, scale 10%, shift 8%).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Mean accuracy with a 95% confidence interval, or Lake's one-shot error."""
     if protocol not in ("episodes", "lake-runs"):
         raise ConfigError(f"--protocol must be 'episodes' or 'lake-runs', got {protocol!r}")
+    if tta < 0:
+        raise ConfigError(f"--tta must be 0 (off) or a number of copies, got {tta}")
+    if not 0.0 < tta_strength <= 1.0:
+        raise ConfigError(f"--tta-strength must be in (0, 1], got {tta_strength}")
+    augmentation = TestTimeAugmentation.with_strength(tta, tta_strength) if tta else None
     root = data_root_from(data_root)
     learner, config = load_trained_learner(run, checkpoint)
     image_size = config.data.image_size
     with show_progress():
         if protocol == "lake-runs":
-            lake = evaluate_lake(learner, root, image_size=image_size)
+            lake = evaluate_lake(learner, root, image_size=image_size, augmentation=augmentation)
             if as_json:
                 typer.echo(json.dumps(lake.to_json()))
             else:
@@ -58,11 +76,13 @@ def evaluate(
             episodes=episodes,
             within_alphabet=within_alphabet,
             seed=seed,
+            augmentation=augmentation,
         )
     if as_json:
         typer.echo(json.dumps(result.to_json()))
         return
     mode = " within-alphabet" if within_alphabet else ""
+    mode += f", test-time augmentation x{tta}" if tta else ""
     typer.echo(
         f"{set_name}: {ways}-way {shots}-shot{mode}, {result.episodes} episodes: "
         f"accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}% (95% CI)"

@@ -14,6 +14,7 @@ from metarch.engine.config import TrainConfig, load_config
 from metarch.engine.trainer import EvaluationResult, build_learner, evaluate_learner
 from metarch.errors import ConfigError
 from metarch.meta.base import MetaLearner
+from metarch.meta.test_time import TestTimeAugmentation
 
 __all__ = ["evaluate_episodes", "evaluate_lake", "load_trained_learner"]
 
@@ -58,19 +59,38 @@ def evaluate_episodes(
     episodes: int,
     within_alphabet: bool = False,
     seed: int = 0,
+    augmentation: TestTimeAugmentation | None = None,
 ) -> EvaluationResult:
-    """Mean query accuracy (percent, with 95% CI) over ``episodes`` episodes of a pool."""
+    """Mean query accuracy (percent, with 95% CI) over ``episodes`` episodes of a pool.
+
+    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
+    """
     pool = load_pool(pool_spec, data_root, image_size=image_size)
     sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
-    return evaluate_learner(learner, sampler, episodes)
+    return evaluate_learner(learner, sampler, episodes, augmentation=augmentation)
 
 
-def evaluate_lake(learner: MetaLearner, data_root: Path, *, image_size: int) -> LakeResult:
-    """Error of ``learner`` on Lake's 20 within-alphabet one-shot runs."""
+def evaluate_lake(
+    learner: MetaLearner,
+    data_root: Path,
+    *,
+    image_size: int,
+    augmentation: TestTimeAugmentation | None = None,
+) -> LakeResult:
+    """Error of ``learner`` on Lake's 20 within-alphabet one-shot runs.
+
+    With ``augmentation``, run ``i`` (0-based) takes the distortions of task ``i``.
+    """
     runs = load_lake_runs(data_root, image_size=image_size)
+    run_index = 0
 
     def classify(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        predict = learner.adapt(support, labels)
+        nonlocal run_index
+        if augmentation is None:
+            predict = learner.adapt(support, labels)
+        else:
+            predict = augmentation.adapt(learner, support, labels, augmentation.key(run_index))
+        run_index += 1
         with torch.no_grad():
             return predict(query)[:, : len(labels)].argmax(dim=1)
 

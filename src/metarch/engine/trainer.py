@@ -43,6 +43,7 @@ from metarch.engine.distributed import (
 )
 from metarch.errors import MetarchError
 from metarch.meta.base import META_LEARNERS, MetaLearner
+from metarch.meta.test_time import TestTimeAugmentation
 from metarch.models.registry import FewShotClassifier, create_model
 from metarch.utils.io import atomic_write_text
 
@@ -123,8 +124,12 @@ def evaluate_learner(
     *,
     batch: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    augmentation: TestTimeAugmentation | None = None,
 ) -> EvaluationResult:
-    """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream)."""
+    """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream).
+
+    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
+    """
     was_training = learner.training
     learner.eval()
     accuracies = []
@@ -132,7 +137,7 @@ def evaluate_learner(
         done = 0
         for start in range(0, episodes, batch):
             indices = list(range(start, min(start + batch, episodes)))
-            accuracies.append(learner.evaluate(sampler.tasks(indices)))
+            accuracies.append(learner.evaluate(sampler.tasks(indices), augmentation))
             done += len(indices)
             if progress is not None:
                 progress(done, episodes)

@@ -6,6 +6,7 @@ Layout:
     maml.py        MAML, first-order MAML, Meta-SGD, ANIL (and MAML++ options)
     reptile.py     Reptile
     protonet.py    prototypical networks
+    test_time.py   test-time augmentation for any of them
 """
 
 from metarch.meta.base import (
@@ -19,6 +20,7 @@ from metarch.meta.functional import InnerLearningRates, InnerLoopConfig, adapt_t
 from metarch.meta.maml import ANIL, FOMAML, MAML, MetaSGD
 from metarch.meta.protonet import PrototypicalNetwork, compute_prototypes
 from metarch.meta.reptile import Reptile
+from metarch.meta.test_time import TestTimeAugmentation
 
 __all__ = [
     "ANIL",
@@ -33,6 +35,7 @@ __all__ = [
     "Predictor",
     "PrototypicalNetwork",
     "Reptile",
+    "TestTimeAugmentation",
     "adapt_task",
     "compute_prototypes",
     "create_meta_learner",

@@ -17,13 +17,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from metarch.data.episodes import EpisodeBatch
 from metarch.registry import Registry
+
+if TYPE_CHECKING:
+    from metarch.meta.test_time import TestTimeAugmentation
 
 __all__ = [
     "META_LEARNERS",
@@ -80,15 +83,27 @@ class MetaLearner(nn.Module, ABC):
         optimizer.step()
         return metrics
 
-    def evaluate(self, batch: EpisodeBatch) -> Tensor:
+    def evaluate(
+        self, batch: EpisodeBatch, augmentation: TestTimeAugmentation | None = None
+    ) -> Tensor:
         """Query accuracy of every task of ``batch`` after adapting to its support set.
+
+        Args:
+            batch: Episodes.
+            augmentation: Test-time augmentation, keyed by each task's stream index.
 
         Returns:
             Accuracies in [0, 1], shape ``(T,)``.
         """
         accuracies = []
         for t in range(batch.num_tasks):
-            predictor = self.adapt(batch.support_images[t], batch.support_labels[t])
+            if augmentation is None:
+                predictor = self.adapt(batch.support_images[t], batch.support_labels[t])
+            else:
+                key = augmentation.key(int(batch.task_indices[t]))
+                predictor = augmentation.adapt(
+                    self, batch.support_images[t], batch.support_labels[t], key
+                )
             ways = int(batch.support_labels[t].max()) + 1
             with torch.no_grad():
                 # A head trained for more ways than the episode has: score its first ways.
