@@ -5,7 +5,8 @@ Each ``configs/omniglot-<method>-<ways>w<shots>s.yaml`` is meta-trained on
 (5 alphabets never seen in training or validation, listed in
 ``metarch.data.pools.NAMED_SPLITS``) with ``metarch evaluate`` on 1,000 fixed episodes
 (seed 0) of its task; ``omniglot-<method>-lake.yaml`` is tested on within-alphabet 20-way
-1-shot episodes and reported as an error. Way-agnostic models (prototypical networks)
+1-shot episodes and reported as an error, also with test-time augmentation (``--tta``,
+reported as separate rows). Way-agnostic models (prototypical networks)
 are also tested on 5-way, 20-way and within-alphabet 20-way 1-shot episodes: one model
 serves every task. Runs already finished in the runs folder are
 evaluated again, not retrained; interrupted ones resume.
@@ -13,7 +14,7 @@ evaluated again, not retrained; interrupted ones resume.
 Usage::
 
     python benchmarks/omniglot.py [--configs omniglot-protonet-5w1s ...] [--runs runs/omniglot]
-        [--set steps=100] [--episodes 1000] [--json]
+        [--set steps=100] [--episodes 1000] [--tta 8] [--json]
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def tasks_of(path: Path) -> list[Task]:
     return [own, *(task for task in EXTRA_TASKS if task != own)]
 
 
-def evaluate_task(run: Path, task: Task, data: list[str], episodes: int) -> dict[str, Any]:
-    """Accuracy on ``episodes`` fixed episodes (seed 0) of background:test, or an error."""
+def evaluate_task(
+    run: Path, task: Task, data: list[str], episodes: int, tta: tuple[int, float] = (0, 0.5)
+) -> dict[str, Any]:
+    """Accuracy on ``episodes`` fixed episodes (seed 0) of background:test, or an error.
+
+    ``tta`` is ``(copies, strength)`` of test-time augmentation (0 copies: none).
+    """
     ways, shots, within = task
     evaluate = ["evaluate", "--run", str(run), "--set", "background:test", *data]
     evaluate += ["--ways", str(ways), "--shots", str(shots)]
@@ -70,8 +76,12 @@ def evaluate_task(run: Path, task: Task, data: list[str], episodes: int) -> dict
     evaluate += ["--seed", "0", "--json"]
     if within:
         evaluate.append("--within-alphabet")
+    copies, strength = tta
+    if copies:
+        evaluate += ["--tta", str(copies), "--tta-strength", str(strength)]
     done = metarch(*evaluate)
     name = f"{ways}-way {shots}-shot" + (" within-alphabet" if within else "")
+    name += f" + TTA x{copies}" if copies else ""
     if done.returncode != 0:
         return {"task": name, "error": done.stderr.strip()}
     result = json.loads(done.stdout)
@@ -90,6 +100,14 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument(
+        "--tta",
+        type=int,
+        default=8,
+        help="also test within-alphabet tasks with this many test-time augmented copies "
+        "(metarch evaluate --tta; 0: skip)",
+    )
+    parser.add_argument("--tta-strength", type=float, default=0.5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "omniglot.json"))
     args = parser.parse_args()
@@ -123,6 +141,10 @@ def main() -> None:
         for index, task in enumerate(tasks_of(path)):
             result = evaluate_task(run, task, data, args.episodes)
             rows.append({**common, "own_task": index == 0, **result})
+            if task[2] and args.tta > 0:
+                tta = (args.tta, args.tta_strength)
+                result = evaluate_task(run, task, data, args.episodes, tta)
+                rows.append({**common, "own_task": index == 0, "tta": list(tta), **result})
     report = {
         "benchmark": "omniglot",
         "test_pool": "background:test",
