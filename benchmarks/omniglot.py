@@ -107,7 +107,7 @@ def main() -> None:
         help="also test within-alphabet tasks with this many test-time augmented copies "
         "(metarch evaluate --tta; 0: skip)",
     )
-    parser.add_argument("--tta-strength", type=float, default=0.5)
+    parser.add_argument("--tta-strength", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "omniglot.json"))
     args = parser.parse_args()

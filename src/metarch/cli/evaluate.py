@@ -39,7 +39,7 @@ def evaluate(
         "randomly distorted copies of every image (costs copies+1 times the time).",
     ),
     tta_strength: float = typer.Option(
-        0.5,
+        1.0,
         "--tta-strength",
         help="Distortion ranges of --tta, as a fraction (0, 1] of training augmentation's "
         "defaults (rotation 10 deg, shear 0.1, scale 10%, shift 8%).",
