@@ -107,13 +107,60 @@ def test_gradient_is_theta_minus_mean_adapted_theta_for_one_adam_step() -> None:
     theta = torch.tensor([0.0, 1.0], dtype=DTYPE)
     centres = torch.tensor([[1.0, 3.0], [-2.0, 1.5], [0.5, -1.0]], dtype=DTYPE)
     model = Point(theta)
-    learner = Reptile(model, inner_lr=lr, steps=1, eps=eps, loss_fn=half_squared_distance)
+    learner = Reptile(
+        model,
+        inner_lr=lr,
+        steps=1,
+        eps=eps,
+        adam_state="per_task",
+        loss_fn=half_squared_distance,
+    )
     learner.compute_meta_gradients(quadratic_batch(centres[:, None, :]))
     g = theta - centres
     adapted = theta - lr * g / (g.abs() + eps)
     assert model.theta.grad is not None
     torch.testing.assert_close(model.theta.grad, theta - adapted.mean(0), rtol=0, atol=1e-15)
     torch.testing.assert_close(model.theta.detach(), theta, rtol=0, atol=0)
+    assert "inner_adam_step" not in learner.state_dict()
+
+
+def test_carried_adam_state_follows_adam_across_tasks() -> None:
+    # The paper's code keeps one Adam for the whole run: task t's single step is Adam's
+    # t-th step, with the second moment of all earlier tasks' gradients.
+    lr, eps, beta2 = 0.1, 1e-8, 0.999
+    theta = torch.tensor([0.0, 1.0], dtype=DTYPE)
+    centres = torch.tensor([[1.0, 3.0], [-2.0, 1.5], [0.5, -1.0]], dtype=DTYPE)
+    model = Point(theta)
+    learner = Reptile(model, inner_lr=lr, steps=1, eps=eps, loss_fn=half_squared_distance)
+    learner.compute_meta_gradients(quadratic_batch(centres[:, None, :]))
+    second_moment = torch.zeros(2, dtype=DTYPE)
+    adapted = []
+    for t, centre in enumerate(centres, start=1):
+        g = theta - centre
+        second_moment = beta2 * second_moment + (1 - beta2) * g.square()
+        corrected = (second_moment / (1 - beta2**t)).sqrt()
+        adapted.append(theta - lr * g / (corrected + eps))
+    assert model.theta.grad is not None
+    expected = theta - torch.stack(adapted).mean(0)
+    torch.testing.assert_close(model.theta.grad, expected, rtol=1e-12, atol=1e-15)
+    state = learner.state_dict()
+    assert int(state["inner_adam_step"]) == 3
+    torch.testing.assert_close(state["inner_adam_second_moment"], second_moment)
+
+    # Adaptation reads the carried state and never changes it.
+    learner.adapt(torch.zeros(1, 1, dtype=DTYPE), centres[:1])
+    torch.testing.assert_close(learner.state_dict()["inner_adam_second_moment"], second_moment)
+    assert int(learner.state_dict()["inner_adam_step"]) == 3
+
+    # The state travels with the learner's state dict (checkpoints), and a state dict
+    # saved before it existed still loads, starting from an empty state.
+    fresh = Reptile(Point(theta), inner_lr=lr, steps=1, eps=eps, loss_fn=half_squared_distance)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.state_dict()["inner_adam_second_moment"], second_moment)
+    old = {k: v for k, v in state.items() if not k.startswith("inner_adam")}
+    fresh = Reptile(Point(theta), inner_lr=lr, steps=1, eps=eps, loss_fn=half_squared_distance)
+    fresh.load_state_dict(old)
+    assert int(fresh.state_dict()["inner_adam_step"]) == 0
 
 
 def test_gradients_are_added_to_existing_ones() -> None:
@@ -161,6 +208,7 @@ def test_meta_parameters_and_buffers_only_change_through_grad() -> None:
     learner = Reptile(model, inner_lr=1e-2, steps=3, inner_on="support")
     batch = make_batch(tasks=3, ways=3)
     before = {name: value.clone() for name, value in model.state_dict().items()}
+    carried = {name: value.clone() for name, value in learner.state_dict().items()}
     learner.eval()  # the copies still train in train mode; the learner's mode is kept
     metrics = learner.compute_meta_gradients(batch)
     assert not learner.training and not model.training
@@ -168,9 +216,12 @@ def test_meta_parameters_and_buffers_only_change_through_grad() -> None:
     for name, value in before.items():
         assert torch.equal(after[name], value), name
     assert 0.0 <= metrics.accuracy <= 1.0 and math.isfinite(metrics.loss)
-    # The gradient is exactly theta - mean of the copies fine-tuned one task at a time.
+    # The gradient is exactly theta - mean of the copies fine-tuned one task at a time,
+    # each task's inner Adam starting from the state the previous one left.
+    assert int(learner.state_dict()["inner_adam_step"]) == 9
+    learner.load_state_dict(carried)
     copies = [
-        learner.fine_tune(batch.support_images[t], batch.support_labels[t], steps=3)
+        learner.fine_tune(batch.support_images[t], batch.support_labels[t], steps=3, carry=True)
         for t in range(batch.num_tasks)
     ]
     for (name, theta), *adapted in zip(

@@ -15,12 +15,24 @@ The inner loop trains a ``copy.deepcopy`` of the model with an ordinary ``torch.
 optimizer: the meta-parameters are never touched during adaptation, and no second-order
 machinery is needed because Reptile never differentiates through the inner loop.
 
-Differences from the paper's code (``openai/supervised-reptile``), by design:
+Inner Adam's state. The paper's code (``openai/supervised-reptile``) keeps one Adam
+optimizer for the whole run: its moment estimates are not trainable variables, so the
+per-task save/restore of the weights skips them, and the second moment (the first is the
+last gradient when ``beta1 = 0``) and step count carry over from task to task and from
+meta-iteration to meta-iteration. This matters: an Adam that starts afresh for every task
+moves *every* weight by about the learning rate at each of its few steps, whatever the size
+of its gradient (the first step is ``lr * sign(g)``), so the Reptile direction is dominated
+by noise in weights with small gradients; a carried second moment scales each weight's
+steps by its long-run gradient size instead. ``adam_state="carried"`` (the default) does
+what the paper's code does; the state is a buffer of the learner (saved in checkpoints, so
+resumed runs continue it; averaged over processes with the other buffers in distributed
+training). Adaptation at evaluation starts from the carried state and never changes it.
+``adam_state="per_task"`` starts every task afresh.
 
-* Adam's state starts afresh for every task; the reference implementation keeps Adam's
-  moment estimates across tasks and meta-iterations (they are not trainable variables, so
-  its per-task save/restore skips them). With ``beta1 = 0`` only the second moment
-  carries over there.
+Differences from the paper's code, by design:
+
+* Evaluation never changes the carried Adam state (the paper's code adapts to test tasks
+  with the same optimizer, so evaluation there perturbs later training).
 * Batch norm uses plain module semantics (no :func:`~metarch.models.norm.batch_norm_context`).
   The copy trains in train mode, so it normalises with batch statistics and updates *its
   own* running buffers; those buffers are discarded with the copy, and the meta-model's
@@ -33,7 +45,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +54,16 @@ from torch import Tensor, nn
 from metarch.data.episodes import EpisodeBatch
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
 
-__all__ = ["InnerData", "InnerOptimizer", "LossFn", "Reptile"]
+__all__ = ["AdamState", "InnerData", "InnerOptimizer", "LossFn", "Reptile"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 InnerOptimizer = Literal["adam", "sgd"]
 InnerData = Literal["support", "all"]
+AdamState = Literal["carried", "per_task"]
+
+# Buffers of the carried inner Adam state (see the module docstring).
+_SECOND_MOMENT = "inner_adam_second_moment"
+_STEP = "inner_adam_step"
 
 
 @META_LEARNERS.register("reptile")
@@ -73,6 +90,9 @@ class Reptile(MetaLearner):
             examples (as in the paper's code), drawn from torch's global generator.
         eval_batch_size: Examples per inner step in :meth:`adapt`; ``None`` for the full
             support set.
+        adam_state: ``"carried"``: inner Adam's second moment and step count carry over
+            from task to task, as in the paper's code; ``"per_task"``: every task starts
+            afresh (see the module docstring). Ignored for ``inner_optimizer="sgd"``.
         loss_fn: Task loss ``loss_fn(outputs, targets)``; cross-entropy by default, any
             differentiable loss (e.g. ``F.mse_loss`` for regression) otherwise. Accuracy
             is only measured for integer targets (it is ``nan`` otherwise).
@@ -91,6 +111,7 @@ class Reptile(MetaLearner):
         inner_on: InnerData = "all",
         inner_batch_size: int | None = None,
         eval_batch_size: int | None = None,
+        adam_state: AdamState = "carried",
         loss_fn: LossFn = F.cross_entropy,
     ) -> None:
         super().__init__()
@@ -98,6 +119,8 @@ class Reptile(MetaLearner):
             raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {inner_optimizer!r}")
         if inner_on not in ("support", "all"):
             raise ValueError(f"inner_on must be 'support' or 'all', got {inner_on!r}")
+        if adam_state not in ("carried", "per_task"):
+            raise ValueError(f"adam_state must be 'carried' or 'per_task', got {adam_state!r}")
         if steps < 0 or eval_steps < 0:
             raise ValueError(f"inner steps must be >= 0, got {steps} and {eval_steps}")
         for size in (inner_batch_size, eval_batch_size):
@@ -115,11 +138,23 @@ class Reptile(MetaLearner):
         self.inner_batch_size = inner_batch_size
         self.eval_batch_size = eval_batch_size
         self.loss_fn = loss_fn
+        self.carries_adam_state = inner_optimizer == "adam" and adam_state == "carried"
+        if self.carries_adam_state:
+            size = sum(p.numel() for p in model.parameters())
+            dtype = next(model.parameters()).dtype
+            self.register_buffer(_SECOND_MOMENT, torch.zeros(size, dtype=dtype))
+            self.register_buffer(_STEP, torch.zeros((), dtype=torch.int64))
 
     # -- the inner loop ----------------------------------------------------------------
 
     def fine_tune(
-        self, x: Tensor, y: Tensor, *, steps: int, batch_size: int | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        steps: int,
+        batch_size: int | None = None,
+        carry: bool = False,
     ) -> nn.Module:
         """Train a copy of the model on ``(x, y)``; the meta-model is left untouched.
 
@@ -128,6 +163,8 @@ class Reptile(MetaLearner):
             y: Targets of one task.
             steps: Optimizer steps.
             batch_size: Examples per step (``None``: all of them every step).
+            carry: Keep the copy's final Adam state as the carried state (meta-training);
+                otherwise the carried state is only read.
 
         Returns:
             The trained copy, in train mode, with its own (adapted) batch-norm buffers.
@@ -135,13 +172,66 @@ class Reptile(MetaLearner):
         learner = copy.deepcopy(self.model)
         learner.train()
         optimizer = self._make_optimizer(learner)
+        if self.carries_adam_state:
+            self._load_adam_state(optimizer, learner)
         # Adaptation needs gradients even when the caller evaluates under no_grad.
         with torch.enable_grad():
             for indices in _mini_batches(len(x), batch_size, steps, x.device):
                 optimizer.zero_grad(set_to_none=True)
                 self.loss_fn(learner(x[indices]), y[indices]).backward()
                 optimizer.step()
+        if self.carries_adam_state and carry:
+            self._store_adam_state(optimizer, learner)
         return learner
+
+    def _load_adam_state(self, optimizer: torch.optim.Optimizer, learner: nn.Module) -> None:
+        """Start the copy's Adam from the carried second moment and step count."""
+        second_moment: Tensor = getattr(self, _SECOND_MOMENT)
+        step = float(getattr(self, _STEP))
+        offset = 0
+        for parameter in learner.parameters():
+            size = parameter.numel()
+            optimizer.state[parameter] = {
+                "step": torch.tensor(step),
+                # With beta1 = 0 the first moment is the last gradient; the paper's beta1
+                # may be changed, so it starts at 0 for every task (it is not carried).
+                "exp_avg": torch.zeros_like(parameter),
+                "exp_avg_sq": second_moment[offset : offset + size].view_as(parameter).clone(),
+            }
+            offset += size
+
+    def _store_adam_state(self, optimizer: torch.optim.Optimizer, learner: nn.Module) -> None:
+        """Carry the copy's Adam second moment and step count over to the next task."""
+        second_moment: Tensor = getattr(self, _SECOND_MOMENT)
+        offset = 0
+        step = None
+        for parameter in learner.parameters():
+            size = parameter.numel()
+            state = optimizer.state[parameter]
+            second_moment[offset : offset + size].copy_(state["exp_avg_sq"].flatten())
+            step = state["step"] if step is None else step
+            offset += size
+        if step is not None:
+            getattr(self, _STEP).fill_(int(step))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checkpoints written before the carried Adam state existed lack its buffers: they
+        # keep their initial (empty) state, which is what such runs trained with.
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name in (_SECOND_MOMENT, _STEP):
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     def _make_optimizer(self, learner: nn.Module) -> torch.optim.Optimizer:
         if self.inner_optimizer == "adam":
@@ -183,7 +273,9 @@ class Reptile(MetaLearner):
             x, y = support_x[t], support_y[t]
             if self.inner_on == "all":
                 x, y = torch.cat([x, query_x[t]]), torch.cat([y, query_y[t]])
-            learner = self.fine_tune(x, y, steps=self.steps, batch_size=self.inner_batch_size)
+            learner = self.fine_tune(
+                x, y, steps=self.steps, batch_size=self.inner_batch_size, carry=True
+            )
             with torch.no_grad():
                 for difference, theta, adapted in zip(
                     differences, meta, learner.parameters(), strict=True
