@@ -153,14 +153,14 @@ def main() -> None:
     }
     if write_report(report, args.out, as_json=args.json):
         return
-    print(f"{'config':<28}{'task':<32}{'accuracy':>16}{'steps':>8}{'train h':>9}")
+    print(f"{'config':<28}{'task':<44}{'accuracy':>16}{'steps':>8}{'train h':>9}")
     for row in rows:
         if "error" in row:
             print(f"{row['config']:<28}error: {row['error']}")
             continue
         accuracy = f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"
         hours = (row["train_seconds_total"] or 0) / 3600
-        print(f"{row['config']:<28}{row['task']:<32}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
+        print(f"{row['config']:<28}{row['task']:<44}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
     print(f"wrote {args.out}")
 
 
