@@ -14,7 +14,7 @@ from metarch.engine.config import TrainConfig, load_config
 from metarch.engine.trainer import EvaluationResult, build_learner, evaluate_learner
 from metarch.errors import ConfigError
 from metarch.meta.base import MetaLearner
-from metarch.meta.test_time import TestTimeAugmentation
+from metarch.meta.test_time import TestTimeAugmentation, adapt_task_with
 
 __all__ = ["evaluate_episodes", "evaluate_lake", "load_trained_learner"]
 
@@ -86,10 +86,7 @@ def evaluate_lake(
 
     def classify(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         nonlocal run_index
-        if augmentation is None:
-            predict = learner.adapt(support, labels)
-        else:
-            predict = augmentation.adapt(learner, support, labels, augmentation.key(run_index))
+        predict = adapt_task_with(learner, support, labels, augmentation, run_index)
         run_index += 1
         with torch.no_grad():
             return predict(query)[:, : len(labels)].argmax(dim=1)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from metarch.data.episodes import EpisodeBatch
+from metarch.meta.test_time import adapt_task_with
 from metarch.registry import Registry
 
 if TYPE_CHECKING:
@@ -97,13 +98,13 @@ class MetaLearner(nn.Module, ABC):
         """
         accuracies = []
         for t in range(batch.num_tasks):
-            if augmentation is None:
-                predictor = self.adapt(batch.support_images[t], batch.support_labels[t])
-            else:
-                key = augmentation.key(int(batch.task_indices[t]))
-                predictor = augmentation.adapt(
-                    self, batch.support_images[t], batch.support_labels[t], key
-                )
+            predictor = adapt_task_with(
+                self,
+                batch.support_images[t],
+                batch.support_labels[t],
+                augmentation,
+                int(batch.task_indices[t]),
+            )
             ways = int(batch.support_labels[t].max()) + 1
             with torch.no_grad():
                 # A head trained for more ways than the episode has: score its first ways.

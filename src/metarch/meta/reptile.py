@@ -204,15 +204,13 @@ class Reptile(MetaLearner):
         """Carry the copy's Adam second moment and step count over to the next task."""
         second_moment: Tensor = getattr(self, _SECOND_MOMENT)
         offset = 0
-        step = None
         for parameter in learner.parameters():
             size = parameter.numel()
             state = optimizer.state[parameter]
             second_moment[offset : offset + size].copy_(state["exp_avg_sq"].flatten())
-            step = state["step"] if step is None else step
             offset += size
-        if step is not None:
-            getattr(self, _STEP).fill_(int(step))
+        # Every parameter took the same steps (they were all loaded with the same count).
+        getattr(self, _STEP).fill_(int(optimizer.state[next(learner.parameters())]["step"]))
 
     def _load_from_state_dict(
         self,

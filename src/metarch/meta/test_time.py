@@ -20,6 +20,7 @@ task's result does not depend on which other tasks share its batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +29,11 @@ from torch import Tensor
 
 from metarch.data.augment import AffineAugmentation
 from metarch.data.rng import task_keys, uniform
-from metarch.meta.base import MetaLearner, Predictor
 
-__all__ = ["TestTimeAugmentation"]
+if TYPE_CHECKING:
+    from metarch.meta.base import MetaLearner, Predictor
+
+__all__ = ["TestTimeAugmentation", "adapt_task_with"]
 
 _SUPPORT_STREAM = 0
 _QUERY_STREAM = 1
@@ -118,3 +121,16 @@ class TestTimeAugmentation:
             return log_probabilities.view(self.copies + 1, query_x.shape[0], -1).mean(dim=0)
 
         return predict_views
+
+
+def adapt_task_with(
+    learner: MetaLearner,
+    support_x: Tensor,
+    support_y: Tensor,
+    augmentation: TestTimeAugmentation | None,
+    task_index: int,
+) -> Predictor:
+    """``learner.adapt``, or its test-time-augmented form keyed by ``task_index``."""
+    if augmentation is None:
+        return learner.adapt(support_x, support_y)
+    return augmentation.adapt(learner, support_x, support_y, augmentation.key(task_index))
