@@ -14,7 +14,14 @@ evaluated again, not retrained; interrupted ones resume.
 Usage::
 
     python benchmarks/omniglot.py [--configs omniglot-protonet-5w1s ...] [--runs runs/omniglot]
-        [--set steps=100] [--episodes 1000] [--tta 8] [--json]
+        [--set steps=100] [--episodes 1000] [--tta 8] [--json] [--out FILE]
+        [--merge-into benchmarks/results/omniglot.json]
+
+``--merge-into`` folds this call's rows into an existing table (the one BENCHMARKS.md
+reports): the rows of the configs run here replace that table's rows of the same configs,
+except rows carrying a ``note`` (earlier runs kept for comparison), and the command joins
+its ``commands``. Runs of different configs can so go on in parallel processes, each with its
+own ``--out``, and meet in one table.
 """
 
 from __future__ import annotations
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("--tta-strength", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "omniglot.json"))
+    parser.add_argument("--merge-into", default=None, help="an existing table to fold rows into")
     args = parser.parse_args()
 
     paths = sorted((ROOT / "configs").glob("omniglot-*.yaml"))
@@ -151,7 +159,10 @@ def main() -> None:
         "episodes": args.episodes,
         "rows": rows,
     }
-    if write_report(report, args.out, as_json=args.json):
+    printed = write_report(report, args.out, as_json=args.json)
+    if args.merge_into:
+        merge_rows(Path(args.merge_into), rows, " ".join(["python", *sys.argv]))
+    if printed:
         return
     print(f"{'config':<28}{'task':<44}{'accuracy':>16}{'steps':>8}{'train h':>9}")
     for row in rows:
@@ -162,6 +173,34 @@ def main() -> None:
         hours = (row["train_seconds_total"] or 0) / 3600
         print(f"{row['config']:<28}{row['task']:<44}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
     print(f"wrote {args.out}")
+
+
+def merge_rows(table: Path, rows: list[dict[str, Any]], command: str) -> None:
+    """Replace ``table``'s rows of the configs in ``rows`` by ``rows``, atomically.
+
+    Rows with a ``note`` (earlier runs of a config kept for comparison) are kept; the new
+    rows take the place of the first replaced one, so the table keeps its order.
+    """
+    merged = json.loads(table.read_text())
+    configs = {row["config"] for row in rows}
+    kept: list[dict[str, Any]] = []
+    inserted = False
+    for row in merged["rows"]:
+        if row["config"] in configs and "note" not in row:
+            if not inserted:
+                kept.extend(rows)
+                inserted = True
+            continue
+        kept.append(row)
+    if not inserted:
+        kept.extend(rows)
+    merged["rows"] = kept
+    commands = merged.setdefault("commands", [])
+    if command not in commands:
+        commands.append(command)
+    temporary = table.with_suffix(table.suffix + ".tmp")
+    temporary.write_text(json.dumps(merged, indent=2) + "\n")
+    temporary.replace(table)
 
 
 def _total_train_seconds(run: Path) -> float | None:
