@@ -27,6 +27,7 @@ own ``--out``, and meet in one table.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import subprocess
 import sys
@@ -179,8 +180,15 @@ def merge_rows(table: Path, rows: list[dict[str, Any]], command: str) -> None:
     """Replace ``table``'s rows of the configs in ``rows`` by ``rows``, atomically.
 
     Rows with a ``note`` (earlier runs of a config kept for comparison) are kept; the new
-    rows take the place of the first replaced one, so the table keeps its order.
+    rows take the place of the first replaced one, so the table keeps its order. A lock file
+    beside the table serialises processes that finish at the same time.
     """
+    with open(table.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_rows_locked(table, rows, command)
+
+
+def _merge_rows_locked(table: Path, rows: list[dict[str, Any]], command: str) -> None:
     merged = json.loads(table.read_text())
     configs = {row["config"] for row in rows}
     kept: list[dict[str, Any]] = []
