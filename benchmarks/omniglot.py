@@ -37,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_report  # noqa: E402 (benchmarks are scripts, not a package)
+from report import command_line, write_json, write_report  # noqa: E402 (benchmarks are scripts, not a package)
 
 
 def metarch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -162,7 +162,7 @@ def main() -> None:
     }
     printed = write_report(report, args.out, as_json=args.json)
     if args.merge_into:
-        merge_rows(Path(args.merge_into), rows, " ".join(["python", *sys.argv]))
+        merge_rows(Path(args.merge_into), rows, command_line())
     if printed:
         return
     print(f"{'config':<28}{'task':<44}{'accuracy':>16}{'steps':>8}{'train h':>9}")
@@ -206,9 +206,7 @@ def _merge_rows_locked(table: Path, rows: list[dict[str, Any]], command: str) ->
     commands = merged.setdefault("commands", [])
     if command not in commands:
         commands.append(command)
-    temporary = table.with_suffix(table.suffix + ".tmp")
-    temporary.write_text(json.dumps(merged, indent=2) + "\n")
-    temporary.replace(table)
+    write_json(merged, table)
 
 
 def _total_train_seconds(run: Path) -> float | None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["machine", "peak_rss_mb", "rss_mb", "write_report"]
+__all__ = ["command_line", "machine", "peak_rss_mb", "rss_mb", "write_json", "write_report"]
 
 
 def machine() -> dict[str, Any]:
@@ -33,15 +33,25 @@ def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> b
     Returns:
         Whether the JSON was printed (the caller then prints no table).
     """
-    report = {**report, "machine": machine(), "command": " ".join(["python", *sys.argv])}
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(path)
+    report = {**report, "machine": machine(), "command": command_line()}
+    write_json(report, out)
     if as_json:
         print(json.dumps(report))
     return as_json
+
+
+def command_line() -> str:
+    """The command that runs this script, as BENCHMARKS.md quotes it."""
+    return " ".join(["python", *sys.argv])
+
+
+def write_json(data: dict[str, Any], out: str | Path) -> None:
+    """Write ``data`` as indented JSON to ``out`` atomically (a temporary file, then rename)."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def rss_mb() -> float:
