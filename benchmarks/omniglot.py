@@ -145,7 +145,7 @@ def main() -> None:
             "run": str(run),
             "steps": json.loads((run / "last.json").read_text())["step"],
             "train_seconds_this_call": seconds,
-            "train_seconds_total": _total_train_seconds(run),
+            "train_seconds_total": total_train_seconds(run),
         }
         for index, task in enumerate(tasks_of(path)):
             result = evaluate_task(run, task, data, args.episodes)
@@ -176,20 +176,32 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def merge_rows(table: Path, rows: list[dict[str, Any]], command: str) -> None:
+def merge_rows(
+    table: Path,
+    rows: list[dict[str, Any]],
+    command: str,
+    template: dict[str, Any] | None = None,
+) -> None:
     """Replace ``table``'s rows of the configs in ``rows`` by ``rows``, atomically.
 
     Rows with a ``note`` (earlier runs of a config kept for comparison) are kept; the new
     rows take the place of the first replaced one, so the table keeps its order. A lock file
-    beside the table serialises processes that finish at the same time.
+    beside the table serialises processes that finish at the same time. A missing table
+    starts from ``template`` (this call's report) with no rows.
     """
     with open(table.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _merge_rows_locked(table, rows, command)
+        _merge_rows_locked(table, rows, command, template)
 
 
-def _merge_rows_locked(table: Path, rows: list[dict[str, Any]], command: str) -> None:
-    merged = json.loads(table.read_text())
+def _merge_rows_locked(
+    table: Path, rows: list[dict[str, Any]], command: str, template: dict[str, Any] | None
+) -> None:
+    if not table.exists() and template is not None:
+        merged = {**template, "rows": [], "commands": []}
+        merged.pop("command", None)
+    else:
+        merged = json.loads(table.read_text())
     configs = {row["config"] for row in rows}
     kept: list[dict[str, Any]] = []
     inserted = False
@@ -209,7 +221,7 @@ def _merge_rows_locked(table: Path, rows: list[dict[str, Any]], command: str) ->
     write_json(merged, table)
 
 
-def _total_train_seconds(run: Path) -> float | None:
+def total_train_seconds(run: Path) -> float | None:
     """Training time over all legs of a run, from its metrics log."""
     path = run / "metrics.jsonl"
     if not path.exists():

@@ -419,3 +419,95 @@ def test_discover_datasets_keeps_formats_apart(tmp_path: Path) -> None:
     assert formats["background"] == "omniglot"
     assert formats["shapes"] == "image-folder"
     assert "images_background" not in formats
+
+
+# --- zip archives, class descriptions, sets one folder down ----------------------------------
+
+
+def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
+    """Zip ``folder`` as ``archive`` with its files below ``top/`` (default: its name)."""
+    import zipfile
+
+    top = folder.name if top is None else top
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                handle.write(path, f"{top}/{path.relative_to(folder).as_posix()}")
+    return archive
+
+
+def test_zip_set_matches_its_folder(tmp_path: Path, cache: Path) -> None:
+    folder_set = write_set(tmp_path / "a", "mixed", ["red", "grey"], per_class=3, rgb=True)
+    for i, path in enumerate(sorted((folder_set / "grey").iterdir())):
+        grey(50 + i).save(path)  # a set mixing grey and colour images
+    (folder_set / "classes.tsv").write_text("red\tthe colour red\ngrey\ta grey thing\n")
+    archive = zip_folder(folder_set, tmp_path / "b" / "mixed.zip")
+    from_folder = load_image_folder(folder_set, image_size=8, cache_dir=cache)
+    from_zip = load_image_folder(archive, image_size=8, cache_dir=cache)
+    assert from_zip.name == from_folder.name == "mixed"
+    assert from_zip.images.shape == (6, 3, 8, 8)  # grey images become 3 equal channels
+    np.testing.assert_array_equal(from_zip.images, from_folder.images)
+    assert from_zip.class_names == from_folder.class_names == ("grey", "red")
+    assert from_zip.image_names == from_folder.image_names
+    assert from_zip.class_descriptions == ("a grey thing", "the colour red")
+    assert from_zip.describe(1) == "red the colour red"
+    grey_images = from_zip.images_of(0)
+    np.testing.assert_array_equal(grey_images[:, 0], grey_images[:, 1])
+    # The cache keeps the descriptions.
+    again = load_image_folder(archive, image_size=8, cache_dir=cache)
+    assert again.class_descriptions == from_zip.class_descriptions
+
+
+def test_zip_with_the_wrong_top_folder_is_named(tmp_path: Path) -> None:
+    folder_set = write_set(tmp_path / "a", "shapes")
+    root = tmp_path / "root"
+    root.mkdir()
+    zip_folder(folder_set, root / "mine.zip")  # files below shapes/, not mine/
+    with pytest.raises(DataError, match=r"mine.zip: .* below 'mine/'.*rename the archive to"):
+        load_image_folder(root / "mine.zip")
+    # Asked for by name, the message says what is wrong with the archive.
+    with pytest.raises(DataError, match=r"mine.zip: .*below 'mine/'"):
+        load_image_set("mine", root, image_size=8)
+    assert ImageFolderFormat().discover(root) == []
+
+
+def test_corrupt_image_in_a_zip_is_named(tmp_path: Path, cache: Path) -> None:
+    folder_set = write_set(tmp_path / "a", "shapes")
+    (folder_set / "circle" / "circle_01.png").write_bytes(b"not a png")
+    archive = zip_folder(folder_set, tmp_path / "shapes.zip")
+    with pytest.raises(DataError, match=r"shapes.zip:circle/circle_01.png: not a readable"):
+        load_image_folder(archive, image_size=8, cache_dir=cache)
+
+
+def test_discover_finds_zips_and_sets_one_folder_down(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    holder = root / "tiny"
+    holder.mkdir(parents=True)
+    folder_set = write_set(tmp_path / "src", "birds", ["crow", "owl"], per_class=3, rgb=True)
+    (folder_set / "classes.tsv").write_text("crow\tcrow, Corvus\nowl\tgreat grey owl\n")
+    zip_folder(folder_set, holder / "birds.zip")
+    (holder / "README.md").write_text("read me")
+    write_set(holder, "fish", ["cod"], per_class=2)
+    [birds, fish] = ImageFolderFormat().discover(root)
+    assert (birds.name, birds.path, birds.classes, birds.images) == (
+        "birds",
+        holder / "birds.zip",
+        2,
+        6,
+    )
+    assert birds.details == {"class_names": {"crow": "crow, Corvus", "owl": "great grey owl"}}
+    assert (fish.name, fish.classes) == ("fish", 1)
+    data = load_image_set("birds", root, image_size=8)
+    assert data.images.shape == (6, 3, 8, 8)
+
+
+def test_a_partly_extracted_folder_does_not_hide_its_zip(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    folder_set = write_set(root, "shapes")
+    zip_folder(folder_set, root / "shapes.zip")
+    for path in (folder_set / "circle").iterdir():
+        path.unlink()
+    (folder_set / "circle").rmdir()
+    [summary] = ImageFolderFormat().discover(root)
+    assert (summary.path, summary.images) == (root / "shapes.zip", 12)

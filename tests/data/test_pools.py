@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from metarch.data.omniglot import OmniglotSet, load_omniglot
-from metarch.data.pools import NAMED_SPLITS, ClassPool, alphabet_split, parse_split_file
+from metarch.data.pools import (
+    NAMED_SPLITS,
+    ClassPool,
+    NamedSplit,
+    alphabet_split,
+    class_split,
+    parse_split_file,
+)
 from metarch.errors import DataError
 from tests.fixtures import write_omniglot_set
 
@@ -124,3 +131,42 @@ def test_with_rotations_keeps_listed_rotations_once(small_set: OmniglotSet) -> N
         (0, 2),
         (0, 3),
     ]
+
+
+def test_class_split_is_deterministic_and_disjoint(small_set: OmniglotSet) -> None:
+    parts = class_split(small_set, {"train": -1, "val": 2, "test": 3}, seed=4)
+    assert parts == class_split(small_set, {"train": -1, "val": 2, "test": 3}, seed=4)
+    assert [len(p) for p in parts.values()] == [4, 2, 3]
+    assert sorted(sum(parts.values(), ())) == sorted(small_set.class_names)
+    with pytest.raises(DataError, match="need 12 classes"):
+        class_split(small_set, {"a": 6, "b": 6})
+
+
+def test_tiny_imagenet_split_is_pinned(shared_data_root: Path, session_cache: Path) -> None:
+    """The published class split of the Tiny-ImageNet background set never moves."""
+    from metarch.data.formats import load_image_set
+
+    if not (shared_data_root / "tiny_imagenet_fs").is_dir():
+        pytest.skip(reason="../shared/data/tiny_imagenet_fs is absent")
+    dataset = load_image_set(
+        "tiny_imagenet_fs_background", shared_data_root, image_size=8, cache_dir=session_cache
+    )
+    assert dataset.num_classes == 160 and dataset.num_images == 32_000
+    assert dataset.image_shape == (3, 8, 8)
+    split = NAMED_SPLITS["tiny_imagenet_fs_background"]
+    assert split.reproduce(dataset) == dict(split.parts)
+    assert [len(split.parts[p]) for p in ("train", "val", "test")] == [96, 32, 32]
+    # Pinned by name: a changed split changes these.
+    assert split.parts["test"][:3] == ("n01644900", "n01742172", "n01945685")
+    assert split.parts["val"][:2] == ("n01774750", "n01944390")
+    pools = [split.pool(dataset, p) for p in ("train", "val", "test")]
+    seen = [set(p.classes.tolist()) for p in pools]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert sum(map(len, seen)) == 160
+    assert pools[2].name == "tiny_imagenet_fs_background:test"
+
+
+def test_class_split_pool_names_missing_classes(small_set: OmniglotSet) -> None:
+    split = NamedSplit("x", {"a": ("Alpha/character01", "Nope/character09")}, 0, {}, {}, "classes")
+    with pytest.raises(DataError, match=r"lacks 1 classes.*'Nope/character09'"):
+        split.pool(small_set, "a")

@@ -147,8 +147,9 @@ def test_final_model_without_validation(tmp_path: Path, data_root: Path) -> None
     assert records and all(r["phase"] == "train" for r in records)
     assert (run / "last.json").exists() and not (run / "best.json").exists()
     # Evaluation's default checkpoint (best) falls back to last.
-    learner, config = load_trained_learner(run)
-    assert config.data.val_set is None and not learner.training
+    model = load_trained_learner(run)
+    assert model.config.data.val_set is None and not model.learner.training
+    assert model.checkpoint == run / "last.json" and model.step == model.config.steps
 
 
 def test_existing_run_needs_resume(tmp_path: Path, data_root: Path) -> None:
@@ -218,8 +219,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_config(None, ["steps"])
     with pytest.raises(ConfigError, match=r"data.augment.rotation: Input should be less"):
         load_config(None, ["data.augment.rotation=400"])
-    with pytest.raises(ConfigError, match=r"data.augment.flip: unknown key"):
-        load_config(None, ["data.augment.flip=true"])
+    with pytest.raises(ConfigError, match=r"data.augment.flipped: unknown key"):
+        load_config(None, ["data.augment.flipped=true"])
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(path)

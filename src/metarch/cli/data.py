@@ -88,7 +88,7 @@ def episodes(
         )
     sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
     batch = sampler.sample(tasks=count)
-    names = [[pool.entry_names[e] for e in row] for row in batch.entries.tolist()]
+    names = [[pool.entry_label(e) for e in row] for row in batch.entries.tolist()]
     mode = " within-alphabet" if within_alphabet else ""
     title = f"{pool.name}: {ways}-way {shots}-shot{mode}, {queries} queries, seed {seed}"
     save_episode_grid(batch, out, title=title, class_names=names, max_episodes=count)

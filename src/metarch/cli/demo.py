@@ -82,7 +82,7 @@ def demo(
         ways = 20 if within else 5
         sampler = EpisodeSampler(test_pool, ways, 1, 5, seed=0, within_group=within)
         batch = sampler.sample(tasks=2 if within else 3)
-        names = [[test_pool.entry_names[e] for e in row] for row in batch.entries.tolist()]
+        names = [[test_pool.entry_label(e) for e in row] for row in batch.entries.tolist()]
         mode = " within-alphabet" if within else ""
         save_episode_grid(
             batch,
@@ -141,6 +141,7 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
             queries=5,
             episodes=episodes,
             within_alphabet=within,
+            inputs=trainer.inputs,
         )
         name = f"{ways}-way 1-shot" + (" within-alphabet" if within else "")
         table.add_row(name, f"{result.accuracy:.2f}%", f"± {result.ci95:.2f}%")

@@ -55,18 +55,28 @@ def evaluate(
         raise ConfigError(f"--tta-strength must be in (0, 1], got {tta_strength}")
     augmentation = TestTimeAugmentation.with_strength(tta, tta_strength) if tta else None
     root = data_root_from(data_root)
-    learner, config = load_trained_learner(run, checkpoint)
-    image_size = config.data.image_size
+    model = load_trained_learner(run, checkpoint)
+    image_size = model.inputs.shape[1]
+    source = {"checkpoint": str(model.checkpoint), "step": model.step}
     with show_progress():
         if protocol == "lake-runs":
-            lake = evaluate_lake(learner, root, image_size=image_size, augmentation=augmentation)
+            lake = evaluate_lake(
+                model.learner,
+                root,
+                image_size=image_size,
+                augmentation=augmentation,
+                inputs=model.inputs,
+            )
             if as_json:
-                typer.echo(json.dumps(lake.to_json()))
+                typer.echo(json.dumps({**lake.to_json(), **source}))
             else:
-                typer.echo(f"Lake's one-shot runs: error {lake.error_percent:.2f}% (20 runs)")
+                typer.echo(
+                    f"Lake's one-shot runs: error {lake.error_percent:.2f}% (20 runs; "
+                    f"{model.checkpoint}, step {model.step})"
+                )
             return
         result = evaluate_episodes(
-            learner,
+            model.learner,
             set_name,
             root,
             image_size=image_size,
@@ -77,13 +87,15 @@ def evaluate(
             within_alphabet=within_alphabet,
             seed=seed,
             augmentation=augmentation,
+            inputs=model.inputs,
         )
     if as_json:
-        typer.echo(json.dumps(result.to_json()))
+        typer.echo(json.dumps({**result.to_json(), **source}))
         return
     mode = " within-alphabet" if within_alphabet else ""
     mode += f", test-time augmentation x{tta}" if tta else ""
     typer.echo(
         f"{set_name}: {ways}-way {shots}-shot{mode}, {result.episodes} episodes: "
-        f"accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}% (95% CI)"
+        f"accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}% (95% CI; "
+        f"{model.checkpoint}, step {model.step})"
     )

@@ -32,6 +32,8 @@ class ImageClassDataset:
         class_groups: Group of each class (Omniglot: the alphabet; ``""`` for flat sets).
         class_ids: Global id of each class (Omniglot: the character id in the file names).
         image_names: Name of each image, relative to the set (for provenance and debugging).
+        class_descriptions: Readable name of each class (``"goose"`` for ``n01855672``;
+            ``""`` where unknown), or empty if the set has none.
     """
 
     name: str
@@ -41,6 +43,7 @@ class ImageClassDataset:
     class_groups: tuple[str, ...]
     class_ids: np.ndarray
     image_names: tuple[str, ...] = field(repr=False)
+    class_descriptions: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         num_classes = len(self.class_names)
@@ -59,6 +62,8 @@ class ImageClassDataset:
             raise DataError(f"{self.name}: one group and one id per class are required")
         if len(self.image_names) != len(self.images):
             raise DataError(f"{self.name}: one name per image is required")
+        if self.class_descriptions and len(self.class_descriptions) != num_classes:
+            raise DataError(f"{self.name}: class_descriptions needs one entry per class")
         if len(set(self.class_names)) != num_classes:
             raise DataError(f"{self.name}: class names must be unique")
 
@@ -92,6 +97,12 @@ class ImageClassDataset:
     def class_index(self) -> dict[str, int]:
         """Map from class name to class index."""
         return {name: i for i, name in enumerate(self.class_names)}
+
+    def describe(self, class_index: int) -> str:
+        """The class's name, with its description if the set has one (``n01855672 goose``)."""
+        name = self.class_names[class_index]
+        description = self.class_descriptions[class_index] if self.class_descriptions else ""
+        return f"{name} {description}" if description else name
 
     def classes_in_group(self, group: str) -> np.ndarray:
         """Indices of the classes of ``group``, in storage order."""
@@ -131,4 +142,9 @@ class ImageClassDataset:
             class_groups=tuple(g for p in parts for g in p.class_groups),
             class_ids=np.concatenate([p.class_ids for p in parts]),
             image_names=tuple(n for p in parts for n in p.image_names),
+            class_descriptions=(
+                tuple(d for p in parts for d in (p.class_descriptions or ("",) * p.num_classes))
+                if any(p.class_descriptions for p in parts)
+                else ()
+            ),
         )

@@ -63,6 +63,7 @@ def _save(path: Path, dataset: ImageClassDataset) -> None:
             class_groups=np.array(dataset.class_groups),
             class_ids=dataset.class_ids,
             image_names=np.array(dataset.image_names),
+            class_descriptions=np.array(dataset.class_descriptions, dtype=str),
         )
 
 
@@ -76,6 +77,11 @@ def _load(path: Path) -> ImageClassDataset:
             class_groups=tuple(entry["class_groups"].tolist()),
             class_ids=entry["class_ids"],
             image_names=tuple(entry["image_names"].tolist()),
+            class_descriptions=(
+                tuple(entry["class_descriptions"].tolist())
+                if "class_descriptions" in entry.files
+                else ()
+            ),
         )
 
 

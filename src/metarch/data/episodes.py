@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from metarch.data.augment import AffineAugmentation
+from metarch.data.normalize import ChannelNormalization
 from metarch.data.pools import ClassPool
 from metarch.data.rng import sample_without_replacement, seed_key, task_keys, uniform
 from metarch.errors import EpisodeError
@@ -49,9 +50,10 @@ class EpisodeBatch:
     ``n*K .. n*K+K-1`` of the support. Which pool entry gets label ``n`` is random.
 
     Attributes:
-        support_images: ``(T, N*K, C, H, W)`` float images in [0, 1].
+        support_images: ``(T, N*K, C, H, W)`` float images in [0, 1] (normalised if the
+            sampler normalises).
         support_labels: ``(T, N*K)`` int64 labels 0..N-1.
-        query_images: ``(T, N*Q, C, H, W)`` float images in [0, 1].
+        query_images: ``(T, N*Q, C, H, W)`` float images, as the support images.
         query_labels: ``(T, N*Q)`` int64 labels 0..N-1.
         entries: ``(T, N)`` pool entry of each label.
         support_image_ids: ``(T, N*K)`` index of each support image in the decoded set.
@@ -102,6 +104,7 @@ class EpisodeSampler:
         dtype: Floating dtype of the images.
         augment: Random affine distortion of every image (meta-training only), drawn from
             the task's own random stream, so tasks stay pure functions of their index.
+        normalize: Per-channel normalisation applied last (after any distortion).
 
     Raises:
         EpisodeError: If the pool cannot provide such episodes.
@@ -118,6 +121,7 @@ class EpisodeSampler:
         within_group: bool = False,
         dtype: torch.dtype = torch.float32,
         augment: AffineAugmentation | None = None,
+        normalize: ChannelNormalization | None = None,
     ) -> None:
         if ways < 1 or shots < 1 or queries < 0:
             raise EpisodeError(
@@ -148,6 +152,13 @@ class EpisodeSampler:
         self.within_group = within_group
         self.dtype = dtype
         self.augment = augment
+        channels = pool.dataset.image_shape[0]
+        if normalize is not None and normalize.channels != channels:
+            raise EpisodeError(
+                f"the normalisation is for {normalize.channels}-channel images, but pool "
+                f"{pool_name!r} has {channels} channels"
+            )
+        self.normalize = normalize
         self._seed_key = seed_key(seed)
         self._group_members = np.zeros((0, 0), dtype=np.int64)
         self._group_sizes = np.zeros(0, dtype=np.int64)
@@ -237,6 +248,9 @@ class EpisodeSampler:
             draws = uniform(keys, _AUGMENT_STREAM, (n, k + self.queries, per_image))
             support_images = self._distort(support_images, draws[:, :, :k])
             query_images = self._distort(query_images, draws[:, :, k:])
+        if self.normalize is not None:
+            support_images = self.normalize(support_images)
+            query_images = self.normalize(query_images)
         return EpisodeBatch(
             support_images=support_images,
             support_labels=torch.from_numpy(np.tile(labels.repeat(k), (t, 1))),

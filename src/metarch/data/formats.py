@@ -101,6 +101,14 @@ class DataFormat(ABC):
         """
         raise DataError(f"data set {summary.name!r} ({self.name}) has no part {part!r}")
 
+    def diagnose(self, root: Path, name: str) -> str | None:
+        """Why a set called ``name`` that seems to be below ``root`` was not found, if known.
+
+        Called when no format discovered ``name``: a format that sees files meant as that
+        set, but malformed (a zip with the wrong top folder, ...), says what is wrong.
+        """
+        return None
+
 
 DATA_FORMATS: Registry[type[DataFormat]] = Registry("data format")
 
@@ -143,6 +151,10 @@ def load_image_set(
                     summary, part, image_size=image_size, cache_dir=cache_dir
                 )
             return data_format.load(summary, image_size=image_size, cache_dir=cache_dir)
+    for _, format_class in DATA_FORMATS.items():
+        problem = format_class().diagnose(root, set_name)
+        if problem is not None:
+            raise DataError(problem)
     found = ", ".join(s.name for s in summaries) or "none"
     raise DataError(
         f"no data set named {name!r} in {root} (found: {found}); "

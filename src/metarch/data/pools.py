@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,6 +33,7 @@ __all__ = [
     "ClassPool",
     "NamedSplit",
     "alphabet_split",
+    "class_split",
     "parse_split_file",
 ]
 
@@ -127,6 +129,12 @@ class ClassPool:
             f"{names[c]}/rot{int(r) * 90:03d}"
             for c, r in zip(self.classes.tolist(), self.rotations.tolist(), strict=True)
         )
+
+    def entry_label(self, entry: int) -> str:
+        """A readable name of one entry: its class, description and any rotation."""
+        c, r = int(self.classes[entry]), int(self.rotations[entry])
+        label = self.dataset.describe(c).split(",")[0]  # the first of a description's names
+        return f"{label} rot{r * 90:03d}" if r else label
 
     @cached_property
     def entry_groups(self) -> np.ndarray:
@@ -273,16 +281,49 @@ def alphabet_split(
     return {part: parts[part] for part in sizes}
 
 
+def class_split(
+    dataset: ImageClassDataset, sizes: Mapping[str, int], *, seed: int = 0
+) -> dict[str, tuple[str, ...]]:
+    """Split the classes of a flat set into disjoint named parts, deterministically.
+
+    Class names are sorted and shuffled with ``seed``; parts then take the next classes in
+    the order of ``sizes``. One part may be ``-1``: the classes the others leave.
+
+    Returns:
+        Part name -> sorted class names.
+    """
+    if sum(1 for n in sizes.values() if n == -1) > 1:
+        raise DataError("at most one split part can take the remaining classes (-1)")
+    fixed = sum(n for n in sizes.values() if n != -1)
+    if fixed > dataset.num_classes:
+        raise DataError(
+            f"split parts need {fixed} classes; {dataset.name!r} has {dataset.num_classes}"
+        )
+    order = sorted(dataset.class_names)
+    permutation = np.random.default_rng(seed).permutation(len(order))
+    remaining = [order[i] for i in permutation]
+    parts: dict[str, tuple[str, ...]] = {}
+    for part, size in sorted(sizes.items(), key=lambda item: item[1] == -1):
+        chosen = list(remaining) if size == -1 else remaining[:size]
+        remaining = remaining[len(chosen) :]
+        parts[part] = tuple(sorted(chosen))
+    return {part: parts[part] for part in sizes}
+
+
 @dataclass(frozen=True)
 class NamedSplit:
-    """A fixed alphabet-disjoint split of one set, usable as ``SET:PART`` anywhere.
+    """A fixed split of one set into disjoint parts, usable as ``SET:PART`` anywhere.
+
+    Omniglot is split by alphabet (a test alphabet is never seen in training); a flat set
+    such as Tiny ImageNet by class.
 
     Attributes:
         set_name: The set it splits (``background``).
-        parts: Part name -> alphabets.
-        seed: Seed :func:`alphabet_split` reproduces the parts with.
-        sizes: Sizes :func:`alphabet_split` reproduces the parts with.
-        min_classes: Minimum classes per alphabet, per part.
+        parts: Part name -> alphabets (``unit="groups"``) or classes (``unit="classes"``).
+        seed: Seed :func:`alphabet_split` or :func:`class_split` reproduces the parts with.
+        sizes: Sizes that function reproduces the parts with.
+        min_classes: Minimum classes per alphabet, per part (alphabet splits only).
+        unit: What the parts list: ``groups`` (alphabets) or ``classes``.
     """
 
     set_name: str
@@ -290,6 +331,13 @@ class NamedSplit:
     seed: int
     sizes: Mapping[str, int]
     min_classes: Mapping[str, int]
+    unit: Literal["groups", "classes"] = "groups"
+
+    def reproduce(self, dataset: ImageClassDataset) -> dict[str, tuple[str, ...]]:
+        """The parts, computed again from ``dataset`` with the recorded seed and sizes."""
+        if self.unit == "classes":
+            return class_split(dataset, self.sizes, seed=self.seed)
+        return alphabet_split(dataset, self.sizes, seed=self.seed, min_classes=self.min_classes)
 
     def pool(self, dataset: ImageClassDataset, part: str) -> ClassPool:
         """The pool of one part, or of several joined by ``+`` (``train+val``).
@@ -306,8 +354,17 @@ class NamedSplit:
                 )
         if len(set(names)) != len(names):
             raise DataError(f"part {part!r} of {self.set_name!r} names a part twice")
-        groups = [group for name in names for group in self.parts[name]]
-        return ClassPool.from_groups(dataset, groups, f"{self.set_name}:{part}")
+        members = [member for name in names for member in self.parts[name]]
+        if self.unit == "groups":
+            return ClassPool.from_groups(dataset, members, f"{self.set_name}:{part}")
+        missing = [m for m in members if m not in dataset.class_index]
+        if missing:
+            raise DataError(
+                f"{dataset.name!r} lacks {len(missing)} classes of the published split of "
+                f"{self.set_name!r} (e.g. {missing[0]!r}); is it the original set?"
+            )
+        classes = np.asarray([dataset.class_index[m] for m in members], dtype=np.int64)
+        return ClassPool(dataset, classes, np.zeros_like(classes), f"{self.set_name}:{part}")
 
 
 # The held-out alphabets every Omniglot result in BENCHMARKS.md is measured on. Produced by
@@ -351,5 +408,182 @@ NAMED_SPLITS: dict[str, NamedSplit] = {
         seed=0,
         sizes={"train": -1, "val": 5, "test": 5},
         min_classes={"val": 20, "test": 20},
+    ),
+    # Tiny ImageNet few-shot background set (160 classes): a class-disjoint 96/32/32 split,
+    # class_split(set, sizes, seed=0), frozen here like Omniglot's alphabets.
+    "tiny_imagenet_fs_background": NamedSplit(
+        set_name="tiny_imagenet_fs_background",
+        parts={
+            "train": (
+                "n01641577",
+                "n01770393",
+                "n01774384",
+                "n01784675",
+                "n01855672",
+                "n01910747",
+                "n01917289",
+                "n01950731",
+                "n01984695",
+                "n02002724",
+                "n02058221",
+                "n02085620",
+                "n02094433",
+                "n02106662",
+                "n02113799",
+                "n02123394",
+                "n02124075",
+                "n02129165",
+                "n02132136",
+                "n02206856",
+                "n02226429",
+                "n02231487",
+                "n02233338",
+                "n02236044",
+                "n02268443",
+                "n02321529",
+                "n02364673",
+                "n02437312",
+                "n02509815",
+                "n02669723",
+                "n02730930",
+                "n02769748",
+                "n02802426",
+                "n02814533",
+                "n02843684",
+                "n02883205",
+                "n02892201",
+                "n02906734",
+                "n02917067",
+                "n02927161",
+                "n02950826",
+                "n02963159",
+                "n02988304",
+                "n03014705",
+                "n03026506",
+                "n03085013",
+                "n03100240",
+                "n03126707",
+                "n03201208",
+                "n03355925",
+                "n03393912",
+                "n03400231",
+                "n03424325",
+                "n03447447",
+                "n03544143",
+                "n03617480",
+                "n03637318",
+                "n03649909",
+                "n03706229",
+                "n03770439",
+                "n03804744",
+                "n03814639",
+                "n03891332",
+                "n03902125",
+                "n03937543",
+                "n03970156",
+                "n03983396",
+                "n03992509",
+                "n04070727",
+                "n04133789",
+                "n04149813",
+                "n04251144",
+                "n04254777",
+                "n04275548",
+                "n04311004",
+                "n04328186",
+                "n04398044",
+                "n04399382",
+                "n04417672",
+                "n04456115",
+                "n04486054",
+                "n04507155",
+                "n04562935",
+                "n04596742",
+                "n04597913",
+                "n07579787",
+                "n07614500",
+                "n07615774",
+                "n07715103",
+                "n07734744",
+                "n07747607",
+                "n07749582",
+                "n07873807",
+                "n07920052",
+                "n09193705",
+                "n09428293",
+            ),
+            "val": (
+                "n01774750",
+                "n01944390",
+                "n02056570",
+                "n02486410",
+                "n02814860",
+                "n02837789",
+                "n02841315",
+                "n02999410",
+                "n03089624",
+                "n03160309",
+                "n03179701",
+                "n03255030",
+                "n03584254",
+                "n03662601",
+                "n03670208",
+                "n03763968",
+                "n03930313",
+                "n03976657",
+                "n03977966",
+                "n04008634",
+                "n04023962",
+                "n04099969",
+                "n04179913",
+                "n04285008",
+                "n04532106",
+                "n04560804",
+                "n06596364",
+                "n07711569",
+                "n07720875",
+                "n07753592",
+                "n07871810",
+                "n09332890",
+            ),
+            "test": (
+                "n01644900",
+                "n01742172",
+                "n01945685",
+                "n01983481",
+                "n02099601",
+                "n02123045",
+                "n02395406",
+                "n02410509",
+                "n02415577",
+                "n02423022",
+                "n02504458",
+                "n02666196",
+                "n02788148",
+                "n02808440",
+                "n03250847",
+                "n03444034",
+                "n03599486",
+                "n03733131",
+                "n03796401",
+                "n04067472",
+                "n04146614",
+                "n04259630",
+                "n04356056",
+                "n04366367",
+                "n04376876",
+                "n04465501",
+                "n04487081",
+                "n04540053",
+                "n07583066",
+                "n07768694",
+                "n07875152",
+                "n09256479",
+            ),
+        },
+        seed=0,
+        sizes={"train": -1, "val": 32, "test": 32},
+        min_classes={},
+        unit="classes",
     ),
 }

@@ -4,8 +4,9 @@ A checkpoint called ``TAG`` (``last``, ``best``) in a run directory is
 
 * ``TAG-STEP.safetensors`` — the learner's state (parameters and buffers), the outer
   optimizer's tensors (``optimizer/...``) and the torch RNG state (``rng/torch``);
-* ``TAG.json`` — the sidecar: step, config, metrics, the optimizer's non-tensor state,
-  the Python and numpy RNG states, and the name and SHA-256 of the tensor file.
+* ``TAG.json`` — the sidecar: step, config, metrics, what the model's inputs are (shape
+  and normalisation), the optimizer's non-tensor state, the Python and numpy RNG states,
+  and the name and SHA-256 of the tensor file.
 
 The tensor file is written under a new name first; the sidecar is then replaced atomically
 and names it, and only then are older tensor files of the tag removed. Whatever moment a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ class Checkpoint:
         metrics: Metrics recorded with the checkpoint.
         rng: Saved RNG states (restored by :func:`restore_rng_state`).
         path: The sidecar file.
+        inputs: What the model takes: ``{"shape": [C, H, W], "normalization": {"mean":
+            [...], "std": [...]} or None}``; empty for checkpoints written before it was
+            recorded (1-channel, unnormalised images of the config's size).
     """
 
     step: int
@@ -65,6 +69,7 @@ class Checkpoint:
     metrics: dict[str, Any]
     rng: dict[str, Any]
     path: Path
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -122,6 +127,7 @@ def save_checkpoint(
     optimizer_state: dict[str, Any] | None,
     config: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``tag`` of ``run_dir`` (see the module docstring).
 
@@ -144,6 +150,7 @@ def save_checkpoint(
         "sha256": sha256_file(tensor_file),
         "config": config,
         "metrics": metrics or {},
+        "inputs": inputs or {},
         "optimizer": plain_optimizer,
         "rng": {"python": _python_rng_state(), "numpy": _numpy_rng_state()},
     }
@@ -193,4 +200,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         metrics=sidecar["metrics"],
         rng=rng,
         path=path,
+        inputs=dict(sidecar.get("inputs") or {}),
     )

@@ -54,12 +54,16 @@ class AugmentConfig(_Strict):
         shear: Largest horizontal shear factor.
         scale: Largest relative change of scale along each axis.
         translate: Largest shift along each axis, as a fraction of the image side.
+        flip: Mirror half of the images left to right (natural images).
+        padding: Pixels from outside the image: ``zeros``, ``border`` or ``reflection``.
     """
 
     rotation: float = Field(10.0, ge=0, le=180)
     shear: float = Field(0.1, ge=0, le=1)
     scale: float = Field(0.1, ge=0, le=0.9)
     translate: float = Field(0.08, ge=0, le=0.5)
+    flip: bool = False
+    padding: Literal["zeros", "border", "reflection"] = "zeros"
 
 
 class DataConfig(_Strict):
@@ -76,6 +80,8 @@ class DataConfig(_Strict):
         rotations: Add 90/180/270-degree rotations of the training classes as classes.
         augment: Distort every meta-training image at random (``{}`` for the defaults;
             absent or ``null``: no distortion). Validation and evaluation never distort.
+        normalize: Normalise every channel by the mean and standard deviation of the
+            training classes' images (recorded with the run and applied at evaluation).
     """
 
     root: str | None = None
@@ -84,6 +90,7 @@ class DataConfig(_Strict):
     image_size: int = Field(28, ge=8, le=512)
     rotations: bool = True
     augment: AugmentConfig | None = None
+    normalize: bool = False
 
 
 class EpisodeConfig(_Strict):

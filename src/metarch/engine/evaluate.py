@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,20 +12,47 @@ from metarch.data.lake import LakeResult, evaluate_lake_runs, load_lake_runs
 from metarch.data.resolve import load_pool
 from metarch.engine.checkpoint import CheckpointError, load_checkpoint
 from metarch.engine.config import TrainConfig, load_config
-from metarch.engine.trainer import EvaluationResult, build_learner, evaluate_learner
+from metarch.engine.trainer import (
+    EvaluationResult,
+    ModelInputs,
+    build_learner,
+    evaluate_learner,
+)
 from metarch.errors import ConfigError
 from metarch.meta.base import MetaLearner
 from metarch.meta.test_time import TestTimeAugmentation, adapt_task_with
 
-__all__ = ["evaluate_episodes", "evaluate_lake", "load_trained_learner"]
+__all__ = ["TrainedModel", "evaluate_episodes", "evaluate_lake", "load_trained_learner"]
 
 
-def load_trained_learner(
-    run_dir: Path, checkpoint: str = "best", *, image_channels: int = 1
-) -> tuple[MetaLearner, TrainConfig]:
+def _shape(shape: tuple[int, int, int]) -> str:
+    return "x".join(map(str, shape))
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A run's learner, loaded for evaluation.
+
+    Attributes:
+        learner: The learner with the checkpoint's weights, in eval mode.
+        config: The run's config.
+        inputs: The image shape and normalisation the model was trained with.
+        checkpoint: The sidecar the weights came from.
+        step: Meta-training steps done at that checkpoint.
+    """
+
+    learner: MetaLearner
+    config: TrainConfig
+    inputs: ModelInputs
+    checkpoint: Path
+    step: int
+
+
+def load_trained_learner(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     """The learner of a run, with the weights of checkpoint ``best``, ``last`` or a path.
 
-    ``best`` falls back to ``last`` for runs that never validated.
+    ``best`` falls back to ``last`` for runs that never validated. The model is built for
+    the input shape the checkpoint records (runs saved before it was recorded: 1 channel).
     """
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
@@ -40,11 +68,16 @@ def load_trained_learner(
         state = load_checkpoint(path)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None
-    size = config.data.image_size
-    learner = build_learner(config, (image_channels, size, size))
-    learner.load_state_dict(state.model_state)
+    inputs = ModelInputs.from_json(state.inputs, config)
+    learner = build_learner(config, inputs.shape)
+    try:
+        learner.load_state_dict(state.model_state)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{path}: the weights do not fit the model its config describes ({exc})"
+        ) from None
     learner.eval()
-    return learner, config
+    return TrainedModel(learner, config, inputs, path, state.step)
 
 
 def evaluate_episodes(
@@ -60,13 +93,31 @@ def evaluate_episodes(
     within_alphabet: bool = False,
     seed: int = 0,
     augmentation: TestTimeAugmentation | None = None,
+    inputs: ModelInputs | None = None,
 ) -> EvaluationResult:
     """Mean query accuracy (percent, with 95% CI) over ``episodes`` episodes of a pool.
 
-    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
+    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`);
+    ``inputs`` (the trained model's) checks the images' shape and normalises them.
     """
     pool = load_pool(pool_spec, data_root, image_size=image_size)
-    sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
+    normalization = None
+    if inputs is not None:
+        if pool.dataset.image_shape != inputs.shape:
+            raise ConfigError(
+                f"--set {pool_spec}: its images are {_shape(pool.dataset.image_shape)}, but "
+                f"the model was trained on {_shape(inputs.shape)} images"
+            )
+        normalization = inputs.normalization
+    sampler = EpisodeSampler(
+        pool,
+        ways,
+        shots,
+        queries,
+        seed=seed,
+        within_group=within_alphabet,
+        normalize=normalization,
+    )
     return evaluate_learner(learner, sampler, episodes, augmentation=augmentation)
 
 
@@ -76,16 +127,21 @@ def evaluate_lake(
     *,
     image_size: int,
     augmentation: TestTimeAugmentation | None = None,
+    inputs: ModelInputs | None = None,
 ) -> LakeResult:
     """Error of ``learner`` on Lake's 20 within-alphabet one-shot runs.
 
-    With ``augmentation``, run ``i`` (0-based) takes the distortions of task ``i``.
+    With ``augmentation``, run ``i`` (0-based) takes the distortions of task ``i``;
+    ``inputs`` (the trained model's) normalises the images as training did.
     """
     runs = load_lake_runs(data_root, image_size=image_size)
     run_index = 0
+    normalization = None if inputs is None else inputs.normalization
 
     def classify(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         nonlocal run_index
+        if normalization is not None:
+            support, query = normalization(support), normalization(query)
         predict = adapt_task_with(learner, support, labels, augmentation, run_index)
         run_index += 1
         with torch.no_grad():

@@ -25,6 +25,7 @@ from torch import nn
 
 from metarch.data.augment import AffineAugmentation
 from metarch.data.episodes import EpisodeSampler
+from metarch.data.normalize import ChannelNormalization
 from metarch.data.paths import resolve_data_root
 from metarch.data.pools import ClassPool
 from metarch.data.resolve import load_pool
@@ -49,6 +50,7 @@ from metarch.utils.io import atomic_write_text
 
 __all__ = [
     "EvaluationResult",
+    "ModelInputs",
     "TrainingError",
     "Trainer",
     "build_learner",
@@ -77,6 +79,46 @@ class EvaluationResult:
     def to_json(self) -> dict[str, Any]:
         """``{"accuracy": ..., "ci95": ..., "episodes": ...}``."""
         return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a trained model takes: the image shape and the normalisation it was trained with.
+
+    Recorded in every checkpoint, so that evaluation rebuilds the model for 3-channel
+    images and normalises any set exactly as training did, with no extra options.
+
+    Attributes:
+        shape: ``(channels, height, width)``.
+        normalization: Per-channel normalisation, or ``None``.
+    """
+
+    shape: tuple[int, int, int]
+    normalization: ChannelNormalization | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"shape": [C, H, W], "normalization": {...} or None}``."""
+        normalization = None if self.normalization is None else self.normalization.to_json()
+        return {"shape": list(self.shape), "normalization": normalization}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], config: TrainConfig) -> ModelInputs:
+        """Read :meth:`to_json`'s form.
+
+        An empty record (a run saved before inputs were recorded, always 1-channel and
+        unnormalised) falls back to the config's image size.
+        """
+        if not data:
+            size = config.data.image_size
+            return cls((1, size, size))
+        shape = data.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3):
+            raise TrainingError(f"checkpoint inputs.shape must be [C, H, W], got {shape!r}")
+        normalization = data.get("normalization")
+        return cls(
+            (int(shape[0]), int(shape[1]), int(shape[2])),
+            None if normalization is None else ChannelNormalization.from_json(normalization),
+        )
 
 
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +230,10 @@ class Trainer:
             image_size=config.data.image_size,
             rotations=config.data.rotations,
         )
+        self.inputs = ModelInputs(
+            self.train_pool.dataset.image_shape,
+            ChannelNormalization.of_pool(self.train_pool) if config.data.normalize else None,
+        )
         shape = config.episodes
         self.sampler = EpisodeSampler(
             self.train_pool,
@@ -197,6 +243,7 @@ class Trainer:
             seed=config.seed,
             within_group=shape.within_alphabet,
             augment=_augmentation(config.data.augment),
+            normalize=self.inputs.normalization,
         )
         self.val_sampler: EpisodeSampler | None = None
         if config.data.val_set is not None:
@@ -210,8 +257,9 @@ class Trainer:
                 val_shape.queries,
                 seed=config.validation.seed,
                 within_group=val_shape.within_alphabet,
+                normalize=self.inputs.normalization,
             )
-        self.learner = build_learner(config, self.train_pool.dataset.image_shape)
+        self.learner = build_learner(config, self.inputs.shape)
         self.optimizer = self._make_optimizer()
         self.start_step = 0
         self.best_accuracy = -1.0
@@ -256,6 +304,12 @@ class Trainer:
             raise TrainingError(
                 f"cannot resume {self.run_dir}: the config differs from the saved one in "
                 f"{', '.join(changed)}"
+            )
+        saved_inputs = ModelInputs.from_json(checkpoint.inputs, self.config)
+        if checkpoint.inputs and saved_inputs != self.inputs:
+            raise TrainingError(
+                f"cannot resume {self.run_dir}: the training images changed since it was saved "
+                f"(inputs then {checkpoint.inputs}, now {self.inputs.to_json()})"
             )
         self.learner.load_state_dict(checkpoint.model_state)
         if checkpoint.optimizer_state is not None:
@@ -302,6 +356,7 @@ class Trainer:
             optimizer_state=self.optimizer.state_dict(),
             config=self.config.model_dump(mode="json"),
             metrics={**metrics, "best_accuracy": self.best_accuracy},
+            inputs=self.inputs.to_json(),
         )
 
     def _gradients_finite(self) -> bool:

@@ -1,0 +1,271 @@
+"""The Tiny-ImageNet few-shot baselines: accuracy and cost of the hand-designed networks.
+
+Every ``configs/tiny-imagenet-fs-<method>-<backbone>-5w<K>s.yaml`` is meta-trained on
+``tiny_imagenet_fs_background:train`` (96 classes; validated on the 32 ``val`` classes)
+from the CLI, then tested with ``metarch evaluate`` on 5-way K-shot episodes of the 32
+``test`` classes (never seen in training or validation; 600 episodes, 15 queries a class,
+seed 0; mean and 95% confidence interval). For each model the JSON also holds its cost:
+parameters, FLOPs per image (:mod:`metarch.models.cost`) and the measured inference latency
+per image on this CPU (batch 1, one thread, median of 200 forward passes), and the run's
+validation curve. These are the accuracy-versus-cost points an architecture search must
+dominate. Finished runs are evaluated again, not retrained; interrupted ones resume.
+
+Usage::
+
+    python benchmarks/tiny_imagenet_fs.py [--configs NAME ...] [--runs runs/tiny-imagenet-fs]
+        [--set steps=100] [--episodes 600] [--out FILE] [--merge-into TABLE]
+    python benchmarks/tiny_imagenet_fs.py --markdown BENCHMARKS.md [--table TABLE]
+
+``--markdown`` regenerates the section of BENCHMARKS.md between the
+``<!-- tiny-imagenet-fs:begin -->`` and ``<!-- tiny-imagenet-fs:end -->`` markers, and the
+validation-curve figure beside the table JSON, from that JSON alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omniglot import merge_rows, metarch, total_train_seconds  # noqa: E402 (scripts, not a package)
+from report import command_line, write_report  # noqa: E402
+
+TEST_SET = "tiny_imagenet_fs_background:test"
+TABLE = ROOT / "benchmarks" / "results" / "tiny_imagenet_fs.json"
+CURVES = TABLE.with_name("tiny_imagenet_fs_curves.png")
+BEGIN, END = "<!-- tiny-imagenet-fs:begin -->", "<!-- tiny-imagenet-fs:end -->"
+
+
+def shots_of(stem: str) -> int:
+    """K of a config named ``...-5w<K>s``."""
+    return int(stem.rsplit("-", 1)[1].split("w")[1].rstrip("s"))
+
+
+def model_cost(run: Path) -> dict[str, Any]:
+    """Parameters, FLOPs per image and CPU latency per image of a run's inference network."""
+    import torch
+
+    from metarch.engine.evaluate import load_trained_learner
+    from metarch.models.cost import count_parameters, flops_per_image, measure_latency
+
+    model = load_trained_learner(run)
+    network = model.learner.model  # backbone (+ head for MAML-family learners)
+    assert isinstance(network, torch.nn.Module)
+    shape = model.inputs.shape
+    latency = measure_latency(network, shape, batch=1, threads=1, warmup=20, repeats=200)
+    torch.set_num_threads(1)
+    return {
+        "input_shape": list(shape),
+        "parameters": count_parameters(network),
+        "flops_per_image": flops_per_image(network, shape),
+        "latency_ms": latency.median_ms,
+        "latency_p10_ms": latency.p10_ms,
+        "latency_p90_ms": latency.p90_ms,
+    }
+
+
+def validation_curve(run: Path) -> list[dict[str, float]]:
+    """``[{"step", "accuracy", "ci95"}]`` of every validation in the run's metrics log."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [
+        {"step": r["step"], "accuracy": r["accuracy"], "ci95": r["ci95"]}
+        for r in records
+        if r.get("phase") == "val"
+    ]
+
+
+def evaluate(run: Path, shots: int, data: list[str], episodes: int) -> dict[str, Any]:
+    """Accuracy on ``episodes`` fixed 5-way ``shots``-shot 15-query test episodes."""
+    command = ["evaluate", "--run", str(run), "--set", TEST_SET, *data, "--ways", "5"]
+    command += ["--shots", str(shots), "--queries", "15", "--episodes", str(episodes)]
+    done = metarch(*command, "--seed", "0", "--json")
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()}
+    result = json.loads(done.stdout)
+    return {
+        "accuracy": result["accuracy"],
+        "ci95": result["ci95"],
+        "checkpoint_step": result["step"],
+    }
+
+
+def run_configs(args: argparse.Namespace) -> None:
+    paths = sorted((ROOT / "configs").glob("tiny-imagenet-fs-*.yaml"))
+    if args.configs:
+        paths = [p for p in paths if p.stem in set(args.configs)]
+    data = ["--data-root", args.data_root] if args.data_root else []
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        run = Path(args.runs) / path.stem
+        train = ["train", "--config", str(path), "--out", str(run), *data]
+        for override in args.overrides:
+            train += ["--set", override]
+        if (run / "last.json").exists():
+            train.append("--resume")
+        started = time.perf_counter()
+        trained = metarch(*train)
+        seconds = time.perf_counter() - started
+        if trained.returncode != 0:
+            error = trained.stderr.strip().splitlines()[-1:] or ["failed"]
+            rows.append({"config": path.stem, "run": str(run), "error": error[0]})
+            continue
+        shots = shots_of(path.stem)
+        rows.append(
+            {
+                "config": path.stem,
+                "run": str(run),
+                "task": f"5-way {shots}-shot",
+                "steps": json.loads((run / "last.json").read_text())["step"],
+                "train_seconds_this_call": seconds,
+                "train_seconds_total": total_train_seconds(run),
+                **evaluate(run, shots, data, args.episodes),
+                **model_cost(run),
+                "validation": validation_curve(run),
+            }
+        )
+    report = {
+        "benchmark": "tiny_imagenet_fs",
+        "test_pool": TEST_SET,
+        "episodes": args.episodes,
+        "queries": 15,
+        "latency": "batch 1, 1 thread, median of 200 forward passes after 20 warm-up",
+        "rows": rows,
+    }
+    write_report(report, args.out, as_json=False)
+    if args.merge_into:
+        full = json.loads(Path(args.out).read_text())  # with the machine write_report adds
+        merge_rows(Path(args.merge_into), rows, command_line(), template=full)
+    for row in rows:
+        if "error" in row:
+            print(f"{row['config']:<44}error: {row['error']}")
+        else:
+            print(f"{row['config']:<44}{row['accuracy']:6.2f} ± {row['ci95']:.2f}")
+    print(f"wrote {args.out}")
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section for a results table (a pure function of the JSON)."""
+    machine = table.get("machine", {})
+    lines = [
+        BEGIN,
+        "<!-- generated by `python benchmarks/tiny_imagenet_fs.py --markdown BENCHMARKS.md` "
+        "from benchmarks/results/tiny_imagenet_fs.json; do not edit by hand -->",
+        "",
+        f"Test classes `{table['test_pool']}` (32 classes never used in training or "
+        f"validation), 5-way, {table['queries']} queries a class, {table['episodes']} episodes "
+        "(seed 0), mean accuracy ± 95% CI. Cost of the inference network on this machine "
+        f"({machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch "
+        f"{machine.get('torch', '?')}): {table['latency']}. FLOPs per image count convolutions "
+        "and matrix products, 2 per multiply-add.",
+        "",
+        "| config | task | accuracy % | input | params | MFLOPs/image | latency ms/image "
+        "| steps | train h | best val % (step) | last val % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['config']} | error: {row['error']} |||||||||| ")
+            continue
+        curve = row.get("validation") or []
+        best = max(curve, key=lambda r: r["accuracy"]) if curve else None
+        best_text = f"{best['accuracy']:.2f} ({best['step']:,})" if best else "-"
+        last_text = f"{curve[-1]['accuracy']:.2f}" if curve else "-"
+        shape = "x".join(str(v) for v in row["input_shape"])
+        hours = (row.get("train_seconds_total") or 0.0) / 3600
+        lines.append(
+            f"| {row['config']} | {row['task']} | {row['accuracy']:.2f} ± {row['ci95']:.2f} "
+            f"| {shape} | {row['parameters']:,} | {row['flops_per_image'] / 1e6:,.1f} "
+            f"| {row['latency_ms']:.2f} | {row['steps']:,} | {hours:.2f} | {best_text} "
+            f"| {last_text} |"
+        )
+    lines += [
+        "",
+        "Validation curves (5-way episodes of the `val` classes, as each config validates):",
+        "",
+        f"![validation curves](benchmarks/results/{CURVES.name})",
+        "",
+        "| config | validation accuracy % by step |",
+        "|---|---|",
+    ]
+    for row in table["rows"]:
+        curve = row.get("validation") or []
+        points = ", ".join(f"{r['step']:,}: {r['accuracy']:.1f}" for r in curve) or "-"
+        lines.append(f"| {row['config']} | {points} |")
+    commands = table.get("commands") or [table.get("command", "")]
+    lines += ["", "Commands:", "", "```bash", *commands, "```", END]
+    return "\n".join(lines)
+
+
+def plot_curves(table: dict[str, Any], out: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metarch.utils.io import atomic_write_bytes
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for row in table["rows"]:
+        curve = row.get("validation") or []
+        if curve:
+            axis.plot([r["step"] for r in curve], [r["accuracy"] for r in curve], marker=".")
+            axis.annotate(
+                row["config"].removeprefix("tiny-imagenet-fs-"),
+                (curve[-1]["step"], curve[-1]["accuracy"]),
+                fontsize=6,
+            )
+    axis.set_xlabel("meta-training step")
+    axis.set_ylabel("validation accuracy %")
+    axis.set_title("Tiny-ImageNet few-shot: validation during meta-training")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(out, buffer.getvalue())
+
+
+def write_markdown(target: Path, table_path: Path) -> None:
+    table = json.loads(table_path.read_text())
+    section = markdown(table)
+    text = target.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    target.write_text(text)
+    plot_curves(table, table_path.with_name(CURVES.name))
+    print(f"updated {target} and {table_path.with_name(CURVES.name)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="*", default=None, help="config names (default: all)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "tiny-imagenet-fs"))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--out", default=str(TABLE))
+    parser.add_argument("--merge-into", default=None, help="an existing table to fold rows into")
+    parser.add_argument("--markdown", default=None, help="regenerate this file's section")
+    parser.add_argument("--table", default=str(TABLE), help="the JSON --markdown reads")
+    args = parser.parse_args()
+    if args.markdown:
+        write_markdown(Path(args.markdown), Path(args.table))
+    else:
+        run_configs(args)
+
+
+if __name__ == "__main__":
+    main()
