@@ -256,6 +256,21 @@ def load_file_initial(run: Path) -> torch.Tensor:
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml")))
 def test_shipped_configs_are_valid(path: Path) -> None:
     config = load_config(path)
+    if path.stem.startswith("tiny-imagenet-fs-"):
+        # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on
+        # the frozen class split, 3-channel normalised images.
+        _, method, backbone, task = path.stem.rsplit("-", 3)
+        assert (config.method.name, config.model.name.removesuffix("-strided")) == (
+            method,
+            backbone,
+        )
+        shots = int(task.split("w")[1].rstrip("s"))
+        assert (config.validation_episode.ways, config.validation_episode.shots) == (5, shots)
+        assert config.episodes.shots == shots
+        assert config.data.train_set == "tiny_imagenet_fs_background:train"
+        assert config.data.val_set == "tiny_imagenet_fs_background:val"
+        assert config.data.normalize and not config.data.rotations
+        return
     assert path.stem.startswith(f"omniglot-{config.method.name}-")
     if path.stem.endswith("-lake"):
         assert config.episodes.within_alphabet and config.episodes.ways == 20

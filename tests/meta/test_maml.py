@@ -29,7 +29,7 @@ def meta_loss(learner: MAML, batch_index_params: dict[str, torch.Tensor] | None 
             batch.query_images[t],
             batch.query_labels[t],
             adapt=learner.adapt_names,
-            rates=learner.rates,
+            optimizer=learner.inner_optimizer,
             config=learner.config,
             training=True,
         )
@@ -128,7 +128,7 @@ def test_anil_never_changes_the_body_in_the_inner_loop() -> None:
         batch.support_images[0],
         batch.support_labels[0],
         adapt=learner.adapt_names,
-        rates=learner.rates,
+        optimizer=learner.inner_optimizer,
         config=learner.config,
         training=True,
     )
@@ -147,8 +147,8 @@ def test_anil_never_changes_the_body_in_the_inner_loop() -> None:
 def test_meta_sgd_learns_a_rate_per_parameter_element() -> None:
     model = tiny_classifier()
     learner = MetaSGD(model, inner_lr=0.1)
-    rates = dict(learner.rates.rates.named_parameters())
-    assert rates["head__weight"].shape == model.head.weight.shape
+    rates = dict(learner.inner_optimizer.named_parameters())
+    assert rates["rates.head__weight"].shape == model.head.weight.shape
     learner.compute_meta_gradients(make_batch())
     assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in rates.values())
 
@@ -156,9 +156,23 @@ def test_meta_sgd_learns_a_rate_per_parameter_element() -> None:
 def test_per_layer_step_rates_get_gradients_for_every_step() -> None:
     learner = MAML(tiny_classifier(steps=3), steps=3, lr_mode="per_layer_step")
     learner.compute_meta_gradients(make_batch())
-    rate = dict(learner.rates.rates.named_parameters())["head__weight"]
+    rate = dict(learner.inner_optimizer.named_parameters())["rates.head__weight"]
     assert rate.shape == (3,)
     assert rate.grad is not None and torch.all(rate.grad != 0)
+
+
+def test_state_dicts_saved_before_inner_optimizers_load() -> None:
+    learner = MetaSGD(tiny_classifier(), inner_lr=0.1)
+    state = {k: v.clone() for k, v in learner.state_dict().items()}
+    old = {
+        k.replace("inner_optimizer.rates.", "rates.rates."): v.clone() + 1.0
+        if k.startswith("inner_optimizer.")
+        else v
+        for k, v in state.items()
+    }
+    learner.load_state_dict(old)
+    rate = dict(learner.inner_optimizer.named_parameters())["rates.head__weight"]
+    torch.testing.assert_close(rate.detach(), state["inner_optimizer.rates.head__weight"] + 1.0)
 
 
 def test_meta_training_improves_query_accuracy() -> None:

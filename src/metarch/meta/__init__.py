@@ -3,6 +3,7 @@
 Layout:
     base.py        the interface and the ``META_LEARNERS`` registry
     functional.py  the functional inner loop (torch.func), shared by MAML-like methods
+    optim.py       inner-loop optimizers: differentiable init/update rules (INNER_OPTIMIZERS)
     maml.py        MAML, first-order MAML, Meta-SGD, ANIL (and MAML++ options)
     reptile.py     Reptile
     protonet.py    prototypical networks
@@ -16,8 +17,9 @@ from metarch.meta.base import (
     Predictor,
     create_meta_learner,
 )
-from metarch.meta.functional import InnerLearningRates, InnerLoopConfig, adapt_task, run_task
+from metarch.meta.functional import InnerLoopConfig, adapt_task, run_task
 from metarch.meta.maml import ANIL, FOMAML, MAML, MetaSGD
+from metarch.meta.optim import INNER_OPTIMIZERS, InnerOptimizer
 from metarch.meta.protonet import PrototypicalNetwork, compute_prototypes
 from metarch.meta.reptile import Reptile
 from metarch.meta.test_time import TestTimeAugmentation
@@ -27,8 +29,9 @@ __all__ = [
     "FOMAML",
     "MAML",
     "META_LEARNERS",
-    "InnerLearningRates",
+    "INNER_OPTIMIZERS",
     "InnerLoopConfig",
+    "InnerOptimizer",
     "MetaLearner",
     "MetaMetrics",
     "MetaSGD",

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
 from metarch.models.norm import MetaBatchNorm2d, RecordedStatistics
 
 __all__ = [
@@ -593,7 +594,8 @@ def batched_meta_gradients(
     query_y: Tensor,
     *,
     adapt: Sequence[str],
-    rate: Callable[[str, int], Tensor | float],
+    optimizer: InnerOptimizer,
+    hyper: Hyper | None,
     steps: int,
     first_order: bool,
     query_weights: Sequence[float],
@@ -613,7 +615,10 @@ def batched_meta_gradients(
         query_x: ``(T, N_q, ...)`` query inputs.
         query_y: ``(T, N_q)`` query labels.
         adapt: Names of the parameters the inner loop changes.
-        rate: Inner learning rate of a parameter at a step.
+        optimizer: The inner update rule; it must be elementwise (see
+            :attr:`~metarch.meta.optim.InnerOptimizer.elementwise`), as it updates the
+            parameters of all tasks of a group stacked together.
+        hyper: The optimizer's learnable hyper-parameters to read (default: its own).
         steps: Inner steps.
         first_order: Detach inner gradients.
         query_weights: Weight of the query loss after each step 1..steps.
@@ -626,6 +631,11 @@ def batched_meta_gradients(
     Returns:
         Per-task query losses and accuracies, and the recorded statistics.
     """
+    if not optimizer.elementwise:
+        raise BatchingUnsupportedError(
+            f"the inner optimizer {type(optimizer).__name__} couples elements, so tasks "
+            "stacked together would change each other's updates"
+        )
     tasks = support_x.shape[0]
     losses: list[Tensor] = []
     accuracies: list[Tensor] = []
@@ -638,6 +648,7 @@ def batched_meta_gradients(
         record = RecordedStatistics() if record_statistics else None
         current = {name: stack_for_tasks(p, group) for name, p in params.items()}
         trajectory = [current]
+        state = optimizer.init({name: current[name] for name in adapt})
         for step in range(steps):
             context = BatchedNormContext(
                 step=step, use_running=norm_running[0], record=record, first_order=first_order
@@ -648,9 +659,14 @@ def batched_meta_gradients(
             grads = torch.autograd.grad(
                 loss, [current[n] for n in names], create_graph=not first_order
             )
-            current = dict(current)
-            for name, grad in zip(names, grads, strict=True):
-                current[name] = current[name] - rate(name, step) * grad
+            updates, state = optimizer.update(
+                dict(zip(names, grads, strict=True)),
+                state,
+                {name: current[name] for name in names},
+                step=step,
+                hyper=hyper,
+            )
+            current = apply_updates(current, updates)
             trajectory.append(current)
         # Query passes in chunks: gradients w.r.t. the adapted weights, graph freed per chunk.
         outputs: list[Tensor] = []

@@ -16,7 +16,7 @@ head for ANIL); the rest are read, and still receive meta-gradients through the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
 from metarch.models.norm import BatchNormContext, NormPolicy, RecordedStatistics, batch_norm_context
 
 __all__ = [
-    "InnerLearningRates",
     "InnerLoopConfig",
     "Params",
     "TaskResult",
@@ -75,70 +75,6 @@ class InnerLoopConfig:
         return [0.0] * max(self.steps - 1, 0) + [1.0]
 
 
-class InnerLearningRates(nn.Module):
-    """Inner-loop learning rates: fixed, learnable per parameter, or per layer and step.
-
-    Modes:
-        ``fixed``: one constant rate for everything (MAML); not a meta-parameter.
-        ``per_parameter``: a learnable rate for every element of every adapted parameter
-            (Meta-SGD).
-        ``per_layer_step``: a learnable rate per adapted tensor and inner step (MAML++
-            LSLR).
-
-    Args:
-        adapted: Every adapted parameter by name (rates take its shape, dtype and device).
-        steps: Inner steps.
-        init: Initial (or fixed) rate.
-        mode: One of the modes above.
-    """
-
-    MODES = ("fixed", "per_parameter", "per_layer_step")
-
-    def __init__(
-        self, adapted: Mapping[str, Tensor], steps: int, init: float, mode: str = "fixed"
-    ) -> None:
-        super().__init__()
-        if mode not in self.MODES:
-            raise ValueError(f"learning-rate mode must be one of {self.MODES}, got {mode!r}")
-        self.mode = mode
-        self.init = init
-        self.names = list(adapted)
-        self.rates = nn.ParameterDict()
-        # ParameterDict keys cannot contain dots.
-        for name, parameter in adapted.items():
-            key = name.replace(".", "__")
-            if mode == "per_parameter":
-                self.rates[key] = nn.Parameter(torch.full_like(parameter, init))
-            elif mode == "per_layer_step":
-                self.rates[key] = nn.Parameter(parameter.new_full((max(steps, 1),), init))
-
-    def rate(self, name: str, step: int) -> Tensor | float:
-        """Rate for parameter ``name`` at inner step ``step``."""
-        return self._rate_of(self.rates, name, step)
-
-    def _rate_of(
-        self, rates: Mapping[str, Tensor] | nn.ParameterDict, name: str, step: int
-    ) -> Tensor | float:
-        if self.mode == "fixed":
-            return self.init
-        rate = rates[name.replace(".", "__")]
-        return rate[step] if self.mode == "per_layer_step" else rate
-
-    def leaf_copy(self) -> tuple[Callable[[str, int], Tensor | float], dict[str, Tensor]]:
-        """A rate function that reads detached leaf copies of the learnable rates.
-
-        Lets a worker thread collect the rates' meta-gradients in leaves of its own (in
-        ``leaves[key].grad``, keys as in :attr:`rates`) instead of accumulating into the
-        shared parameters in whatever order threads finish.
-        """
-        leaves = {key: rate.detach().requires_grad_() for key, rate in self.rates.items()}
-
-        def rate(name: str, step: int) -> Tensor | float:
-            return self._rate_of(leaves, name, step)
-
-        return rate, leaves
-
-
 @dataclass
 class TaskResult:
     """Outcome of one task: the differentiable query loss and what was measured on it.
@@ -177,9 +113,10 @@ def adapt_task(
     support_y: Tensor,
     *,
     adapt: Sequence[str],
-    rates: InnerLearningRates,
+    optimizer: InnerOptimizer,
     config: InnerLoopConfig,
     training: bool,
+    hyper: Hyper | None = None,
     record: RecordedStatistics | None = None,
     loss_fn: LossFn = F.cross_entropy,
     fused_norm: bool = False,
@@ -193,9 +130,10 @@ def adapt_task(
         support_x: Support inputs of one task.
         support_y: Support targets of one task.
         adapt: Names of the parameters the inner loop changes.
-        rates: Inner learning rates.
+        optimizer: The inner update rule (:mod:`metarch.meta.optim`).
         config: Inner-loop settings.
         training: Meta-training (True) or evaluation (False); decides batch-norm statistics.
+        hyper: The optimizer's learnable hyper-parameters to read (default: its own).
         record: Where batch-norm layers record batch statistics.
         loss_fn: Support loss.
         fused_norm: Fused batch-norm kernels (faster; never under ``vmap``, see
@@ -222,6 +160,7 @@ def adapt_task(
     support_grad = torch.func.grad(support_loss, has_aux=True)
     trajectory = [params]
     current = params
+    state = optimizer.init({name: params[name] for name in adapt})
     for step in range(config.steps):
         adapted = {name: current[name] for name in adapt}
         frozen = {name: value for name, value in current.items() if name not in adapted}
@@ -231,9 +170,8 @@ def adapt_task(
             record.variances.update(variances)
         if config.first_order:
             grads = {name: g.detach() for name, g in grads.items()}
-        current = dict(current)
-        for name in adapt:
-            current[name] = current[name] - rates.rate(name, step) * grads[name]
+        updates, state = optimizer.update(grads, state, adapted, step=step, hyper=hyper)
+        current = apply_updates(current, updates)
         trajectory.append(current)
     return trajectory
 
@@ -248,9 +186,10 @@ def run_task(
     query_y: Tensor,
     *,
     adapt: Sequence[str],
-    rates: InnerLearningRates,
+    optimizer: InnerOptimizer,
     config: InnerLoopConfig,
     training: bool,
+    hyper: Hyper | None = None,
     record_statistics: bool = False,
     loss_fn: LossFn = F.cross_entropy,
     fused_norm: bool = False,
@@ -259,8 +198,8 @@ def run_task(
 
     Returns:
         ``(loss, accuracy, statistics)``: the weighted query loss (differentiable w.r.t.
-        ``params`` and the learnable rates), the query accuracy after the last step
-        (detached), and the batch statistics recorded along the way.
+        ``params`` and the optimizer's learnable hyper-parameters), the query accuracy
+        after the last step (detached), and the batch statistics recorded along the way.
     """
     record = RecordedStatistics() if record_statistics else None
     trajectory = adapt_task(
@@ -270,9 +209,10 @@ def run_task(
         support_x,
         support_y,
         adapt=adapt,
-        rates=rates,
+        optimizer=optimizer,
         config=config,
         training=training,
+        hyper=hyper,
         record=record,
         loss_fn=loss_fn,
         fused_norm=fused_norm,

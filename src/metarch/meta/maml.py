@@ -19,7 +19,7 @@ task's graph at once. All give the same meta-gradient (tested at second order).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -37,13 +37,13 @@ from metarch.meta.batched import (
     retain_freed_memory,
 )
 from metarch.meta.functional import (
-    InnerLearningRates,
     InnerLoopConfig,
     Params,
     _forward,
     adapt_task,
     run_task,
 )
+from metarch.meta.optim import Hyper, build_inner_optimizer
 from metarch.models.norm import (
     BatchNormContext,
     NormPolicy,
@@ -57,6 +57,18 @@ __all__ = ["ANIL", "FOMAML", "MAML", "MetaSGD"]
 log = logging.getLogger(__name__)
 
 Batching = Literal["auto", "vmap", "loop", "batched"]
+
+# lr_mode -> the inner optimizer (metarch.meta.optim) it names.
+_LR_MODES = {"fixed": "sgd", "per_parameter": "meta_sgd", "per_layer_step": "per_layer_step"}
+
+
+def _rename_old_rates(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Read learnable rates saved as ``rates.rates.<name>`` (before inner optimizers)."""
+    old = f"{prefix}rates.rates."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}inner_optimizer.rates.{key[len(old) :]}"] = state_dict.pop(key)
 
 
 @META_LEARNERS.register("maml")
@@ -140,9 +152,13 @@ class MAML(MetaLearner):
             norm_policy=NormPolicy(norm_policy),
         )
         adapted = {name: p for name, p in model.named_parameters() if name in self.adapt_names}
-        self.rates = InnerLearningRates(
-            adapted, max(steps, self.eval_config.steps), inner_lr, lr_mode
+        if lr_mode not in _LR_MODES:
+            raise ValueError(f"lr_mode must be one of {', '.join(_LR_MODES)}, got {lr_mode!r}")
+        self.inner_optimizer = build_inner_optimizer(
+            _LR_MODES[lr_mode], adapted, inner_lr, max(steps, self.eval_config.steps)
         )
+        # Runs saved before inner optimizers kept learnable rates under "rates.rates.".
+        self.register_load_state_dict_pre_hook(_rename_old_rates)
         self.batching: Batching = batching
         self.support_group = support_group
         self.query_chunk = query_chunk
@@ -191,7 +207,7 @@ class MAML(MetaLearner):
                 batch.query_images[t],
                 batch.query_labels[t],
                 adapt=self.adapt_names,
-                rates=self.rates,
+                optimizer=self.inner_optimizer,
                 config=self.config,
                 training=True,
                 record_statistics=self._records_statistics(),
@@ -224,7 +240,7 @@ class MAML(MetaLearner):
         if min(threads, tasks) > 1:
             result = self._batched_in_threads(batch, params, min(threads, tasks))
         else:
-            result = self._batched_shard(batch, 0, tasks, params, self.rates.rate)
+            result = self._batched_shard(batch, 0, tasks, params, None)
         apply_recorded_statistics(self.model, result.statistics)
         return MetaMetrics(
             loss=float(result.losses.mean()),
@@ -238,7 +254,7 @@ class MAML(MetaLearner):
         first: int,
         end: int,
         params: Params,
-        rate: Callable[[str, int], Tensor | float],
+        hyper: Hyper | None,
     ) -> BatchedResult:
         """Mean meta-gradient of tasks ``first .. end-1`` into ``params``' ``.grad``."""
         assert self._batched is not None
@@ -251,7 +267,8 @@ class MAML(MetaLearner):
             batch.query_images[first:end],
             batch.query_labels[first:end],
             adapt=self.adapt_names,
-            rate=rate,
+            optimizer=self.inner_optimizer,
+            hyper=hyper,
             steps=self.config.steps,
             first_order=self.config.first_order,
             query_weights=self.config.query_weights(),
@@ -275,18 +292,17 @@ class MAML(MetaLearner):
         shards = []
         for _ in bounds:
             leaves = {n: p.detach().requires_grad_(p.requires_grad) for n, p in params.items()}
-            rate, rate_leaves = self.rates.leaf_copy()
-            shards.append((leaves, rate, rate_leaves))
+            shards.append((leaves, self.inner_optimizer.leaf_copies()))
         pool = _task_pool(threads)
         futures = [
-            pool.submit(self._batched_shard, batch, first, end, leaves, rate)
-            for (first, end), (leaves, rate, _) in zip(bounds, shards, strict=True)
+            pool.submit(self._batched_shard, batch, first, end, leaves, hyper)
+            for (first, end), (leaves, hyper) in zip(bounds, shards, strict=True)
         ]
         done = [future.result() for future in futures]  # re-raises a shard's error
         shares = [(end - first) / tasks for first, end in bounds]
-        _add_shard_gradients(params, [leaves for leaves, _, _ in shards], shares)
+        _add_shard_gradients(params, [leaves for leaves, _ in shards], shares)
         _add_shard_gradients(
-            dict(self.rates.rates.items()), [leaves for _, _, leaves in shards], shares
+            dict(self.inner_optimizer.named_parameters()), [hyper for _, hyper in shards], shares
         )
         statistics = RecordedStatistics()
         for index, (result, share) in enumerate(zip(done, shares, strict=True)):
@@ -311,7 +327,7 @@ class MAML(MetaLearner):
                 query_x,
                 query_y,
                 adapt=self.adapt_names,
-                rates=self.rates,
+                optimizer=self.inner_optimizer,
                 config=self.config,
                 training=True,
                 record_statistics=record,
@@ -348,7 +364,7 @@ class MAML(MetaLearner):
                 support_x,
                 support_y,
                 adapt=self.adapt_names,
-                rates=self.rates,
+                optimizer=self.inner_optimizer,
                 config=self.eval_config,
                 training=training,
                 fused_norm=True,

@@ -42,6 +42,7 @@ __all__ = [
     "INNER_OPTIMIZERS",
     "Chain",
     "ClipByGlobalNorm",
+    "Hyper",
     "InnerOptimizer",
     "LearnedRate",
     "OnSteps",
@@ -52,6 +53,7 @@ __all__ = [
     "ScaleByAdam",
     "adam",
     "apply_updates",
+    "build_inner_optimizer",
     "route_by_pattern",
     "sgd",
 ]
@@ -77,6 +79,12 @@ def _sub(hyper: Hyper, prefix: str) -> dict[str, Tensor]:
 
 class InnerOptimizer(nn.Module, ABC):
     """A differentiable update rule for the inner loop (see the module docstring)."""
+
+    #: Whether an element's update depends on that element (and its state) alone, so the
+    #: rule gives the same result on task-stacked ``(T, *shape)`` tensors as task by task.
+    #: Rules that look across elements (clipping by a global norm) set it to False, and
+    #: the task-batched engine then runs tasks one by one.
+    elementwise: bool = True
 
     def init(self, params: Mapping[str, Tensor]) -> OptState:
         """The rule's state for ``params`` before the first step (stateless: ``{}``)."""
@@ -106,6 +114,14 @@ class InnerOptimizer(nn.Module, ABC):
     def hyper(self, hyper: Hyper | None) -> Hyper:
         """``hyper``, or the module's own parameters."""
         return dict(self.named_parameters()) if hyper is None else hyper
+
+    def leaf_copies(self) -> dict[str, Tensor]:
+        """Detached leaf copies of the learnable hyper-parameters, to pass as ``hyper``.
+
+        A worker thread collects its share of their meta-gradients in these leaves
+        instead of accumulating into the shared parameters in whatever order threads end.
+        """
+        return {name: p.detach().requires_grad_() for name, p in self.named_parameters()}
 
     def step(
         self,
@@ -272,6 +288,8 @@ class ScaleByAdam(InnerOptimizer):
 class ClipByGlobalNorm(InnerOptimizer):
     """Scale all updates down together so their joint L2 norm is at most ``max_norm``."""
 
+    elementwise = False
+
     def __init__(self, max_norm: float) -> None:
         super().__init__()
         if not max_norm > 0:
@@ -303,6 +321,7 @@ class Chain(InnerOptimizer):
     def __init__(self, *transforms: InnerOptimizer) -> None:
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
+        self.elementwise = all(t.elementwise for t in transforms)
 
     def init(self, params: Mapping[str, Tensor]) -> OptState:  # noqa: D102
         return {str(i): t.init(params) for i, t in enumerate(self._children())}
@@ -365,6 +384,7 @@ class Partition(InnerOptimizer):
         super().__init__()
         self.rules = nn.ModuleDict(dict(rules))
         self.route = route
+        self.elementwise = all(rule.elementwise for rule in rules.values())
 
     def _groups(self, names: Collection[str]) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
@@ -432,6 +452,7 @@ class OnSteps(InnerOptimizer):
     ) -> None:
         super().__init__()
         self.rule = rule
+        self.elementwise = rule.elementwise
         self.active: Callable[[int], bool] = active if callable(active) else active.__contains__
 
     def init(self, params: Mapping[str, Tensor]) -> OptState:  # noqa: D102
@@ -486,3 +507,10 @@ INNER_OPTIMIZERS.add("meta_sgd", _learned("element"))
 INNER_OPTIMIZERS.add("per_tensor", _learned("tensor"))
 INNER_OPTIMIZERS.add("per_layer_step", _learned("tensor_step"))
 INNER_OPTIMIZERS.add("adam", lambda params, lr, steps=1: adam(lr))
+
+
+def build_inner_optimizer(
+    name: str, params: Mapping[str, Tensor], lr: float, steps: int = 1
+) -> InnerOptimizer:
+    """The inner optimizer registered as ``name`` for the adapted ``params``."""
+    return INNER_OPTIMIZERS.get(name)(params, lr, steps=steps)
