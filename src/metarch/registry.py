@@ -7,13 +7,17 @@ config files then accept its name, and a misspelt name gets a suggestion.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import inspect
+import typing
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from metarch.errors import MetarchError
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Option", "Registry", "UnknownNameError", "options_of"]
 
 T = TypeVar("T")
 
@@ -25,8 +29,72 @@ class UnknownNameError(MetarchError, KeyError):
         return str(self.args[0])
 
 
+class Option(typing.NamedTuple):
+    """One keyword option of a registered class or factory.
+
+    Attributes:
+        name: Keyword.
+        annotation: Its type annotation (``Any`` if it has none).
+        default: Its default, or ``inspect.Parameter.empty`` if it is required.
+    """
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def required(self) -> bool:
+        """Whether the option has no default."""
+        return self.default is inspect.Parameter.empty
+
+
+def _signature_owner(target: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The function whose named parameters are ``target``'s options, and those it fixes.
+
+    Subclasses that only forward ``**kwargs`` (FOMAML, ANIL, ...) take their parent's
+    signature, less the options they fix (a ``fixed_options`` mapping on the class); a
+    ``functools.partial`` takes its function's, less the keywords it binds.
+    """
+    fixed: dict[str, Any] = {}
+    if isinstance(target, functools.partial):
+        fixed = dict(target.keywords)
+        target = target.func
+    if not inspect.isclass(target):
+        return target, fixed
+    fixed.update(getattr(target, "fixed_options", {}))
+    for klass in target.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            return typing.cast(Callable[..., Any], init), fixed
+    return typing.cast(Callable[..., Any], target.__init__), fixed
+
+
+def options_of(target: Callable[..., Any], *, skip: int = 0) -> list[Option]:
+    """The keyword options of a class or factory a config may set.
+
+    Args:
+        target: A registered class, function or ``functools.partial``.
+        skip: Leading positional parameters that are not options (a learner's ``model``).
+    """
+    owner, fixed = _signature_owner(target)
+    hints = typing.get_type_hints(owner)
+    parameters = [p for p in inspect.signature(owner).parameters.values() if p.name != "self"]
+    return [
+        Option(p.name, hints.get(p.name, Any), p.default)
+        for p in parameters[skip:]
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        and p.name not in fixed
+    ]
+
+
 class Registry(Generic[T]):
     """A named collection of objects of one kind.
+
+    Members that accept attributes are stamped with the name they are registered under
+    (``registered_name``), so an object can say what it is called.
 
     Args:
         kind: What the members are, used in error messages (``"data format"``, ...).
@@ -54,6 +122,24 @@ class Registry(Generic[T]):
         if name in self._members:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._members[name] = obj
+        # Builtins and other closed objects cannot be stamped.
+        with contextlib.suppress(AttributeError, TypeError):
+            obj.registered_name = name  # type: ignore[attr-defined]
+
+    def name_of(self, obj: object) -> str:
+        """The name ``obj`` (or its class) is registered under.
+
+        Raises:
+            UnknownNameError: If it is not a member.
+        """
+        for name, member in self._members.items():
+            if member is obj or (inspect.isclass(member) and type(obj) is member):
+                return name
+        raise UnknownNameError(f"{obj!r} is not a registered {self.kind}")
+
+    def options(self, name: str, *, skip: int = 0) -> list[Option]:
+        """The options of member ``name`` with their defaults (see :func:`options_of`)."""
+        return options_of(typing.cast(Callable[..., Any], self.get(name)), skip=skip)
 
     def get(self, name: str) -> T:
         """Return the member called ``name``.

@@ -53,3 +53,32 @@ def test_sample_without_replacement_is_roughly_uniform() -> None:
     # Every position of the output is equally likely to hold any class (random label order).
     first = np.bincount(picks[:, 0], minlength=100)
     assert first.min() > 120 and first.max() < 290  # expected 200 each
+
+
+def test_purposes_never_share_draws() -> None:
+    from metarch.data.rng import PURPOSES, purpose_key, seed_key
+
+    # Episodes keep the unsalted keys every published result was drawn with.
+    assert purpose_key(0, "episodes").tolist() == seed_key(0).tolist()
+    keys = {name: int(purpose_key(0, name)[0]) for name in PURPOSES}
+    assert len(set(keys.values())) == len(PURPOSES)
+    draws = {name: uniform(purpose_key(0, name), 0, (8,)) for name in PURPOSES}
+    names = list(draws)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not np.array_equal(draws[a], draws[b]), (a, b)
+    with pytest.raises(KeyError, match="unknown random purpose 'sampling'"):
+        purpose_key(0, "sampling")
+
+
+def test_test_time_augmentation_does_not_reuse_the_sampler_draws() -> None:
+    from metarch.data.rng import purpose_key
+    from metarch.meta.test_time import TestTimeAugmentation
+
+    sampler_key = task_keys(purpose_key(0, "episodes"), np.asarray([0]))
+    tta_key = TestTimeAugmentation(copies=1, seed=0).key(0)
+    assert not np.array_equal(sampler_key, tta_key)
+    for stream in (0, 1):
+        assert not np.array_equal(
+            uniform(sampler_key, stream, (6,)), uniform(tta_key, stream, (6,))
+        )

@@ -43,3 +43,22 @@ def test_schedule_errors_name_the_key() -> None:
         )
     with pytest.raises(ConfigError, match=r"optimizer.schedule: Input should be"):
         load_config(None, ["optimizer.schedule=exponential"])
+
+
+def test_distributed_backend_follows_the_tensors_not_the_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from metarch.engine import distributed
+
+    assert distributed.backend_for("cpu") == "gloo"
+    assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
+    # A machine with a GPU still trains on the CPU here: gloo.
+    chosen: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend: chosen.append(backend)
+    )
+    distributed._initialise_from_environment()
+    assert chosen == ["gloo"]

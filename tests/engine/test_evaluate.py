@@ -48,11 +48,12 @@ def test_evaluate_episodes_json(
     # Same seed, same episodes: the same number twice.
     assert json.loads(run_cli(args, capsys)[1]) == result
     # Test-time augmentation: reproducible, and a different measurement.
-    code, out, err = run_cli([*args, "--tta", "2"], capsys)
+    # (80 predictions of a 3-step model: some copy counts land on the same 23 hits.)
+    code, out, err = run_cli([*args, "--tta", "5"], capsys)
     assert code == 0, err
     augmented = json.loads(out)
     assert augmented["episodes"] == 10 and augmented != result
-    assert json.loads(run_cli([*args, "--tta", "2"], capsys)[1]) == augmented
+    assert json.loads(run_cli([*args, "--tta", "5"], capsys)[1]) == augmented
 
 
 def test_evaluate_within_alphabet_and_checkpoint_choice(

@@ -192,9 +192,15 @@ def test_task_threads_are_deterministic_and_match_one_thread(lr_mode: str) -> No
         buffers = torch.cat([b.flatten() for b in model.buffers()])
         return flat_grad(list(learner.parameters())), buffers
 
-    one, threaded, again = run(1), run(3), run(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one, threaded, again = run(1), run(3), run(3)
+        # Workers run one intra-op thread each; the caller's setting is left alone.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     # Same result to float32 rounding; bit-identical between threaded runs.
     torch.testing.assert_close(threaded[0], one[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(threaded[1], one[1], rtol=1e-5, atol=1e-6)
     assert torch.equal(threaded[0], again[0]) and torch.equal(threaded[1], again[1])
-    assert torch.get_num_threads() >= 1

@@ -210,3 +210,24 @@ def test_registry_names() -> None:
     assert isinstance(learner, FOMAML) and learner.config.first_order
     with pytest.raises(ValueError, match="no such parameters"):
         MAML(tiny_classifier(), adapt=["nope"])
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value"),
+    [("fomaml", "first_order", False), ("anil", "adapt", "all"), ("metasgd", "lr_mode", "fixed")],
+)
+def test_variants_refuse_options_that_make_them_another_method(
+    name: str, option: str, value: object
+) -> None:
+    from metarch.engine.config import load_config
+    from metarch.errors import ConfigError
+
+    variant = META_LEARNERS.get(name)
+    with pytest.raises(TypeError, match=f"{name} fixes {option}="):
+        variant(tiny_classifier(), **{option: value})
+    fixed = variant.fixed_options[option]
+    variant(tiny_classifier(), **{option: fixed})  # the fixed value itself is accepted
+    with pytest.raises(ConfigError, match=f"method.options.{option}: {name} fixes it to"):
+        load_config(None, [f"method.name={name}", f"method.options.{option}={value}"])
+    assert option not in {o.name for o in META_LEARNERS.options(name, skip=1)}
+    assert variant.registered_name == name

@@ -22,7 +22,7 @@ import torch
 from metarch.data.augment import AffineAugmentation
 from metarch.data.normalize import ChannelNormalization
 from metarch.data.pools import ClassPool
-from metarch.data.rng import sample_without_replacement, seed_key, task_keys, uniform
+from metarch.data.rng import purpose_key, sample_without_replacement, task_keys, uniform
 from metarch.errors import EpisodeError
 
 __all__ = ["EpisodeBatch", "EpisodeSampler"]
@@ -159,7 +159,7 @@ class EpisodeSampler:
                 f"{pool_name!r} has {channels} channels"
             )
         self.normalize = normalize
-        self._seed_key = seed_key(seed)
+        self._seed_key = purpose_key(seed, "episodes")
         self._group_members = np.zeros((0, 0), dtype=np.int64)
         self._group_sizes = np.zeros(0, dtype=np.int64)
         if within_group:

@@ -7,16 +7,29 @@ rather than one generator object per task. A counter-based generator gives both:
 ``j``-th number of stream ``s`` of task key ``k`` is ``mix(k + (s * 2**32 + j + 1) * G)``,
 where ``mix`` is the SplitMix64 finaliser and ``G`` the 64-bit golden ratio (SplitMix64's
 own increment), so a whole ``(tasks, n)`` block is a few array operations.
+
+Every purpose that draws random numbers (episodes, test-time augmentation, sub-network
+sampling, evolution) has a name in :data:`PURPOSES` and draws from keys salted by that name
+(:func:`purpose_key`), so two purposes never share draws, even when a user gives both the
+same seed. Episodes are unsalted: their keys are those every published result was drawn with.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 
 import numpy as np
 
-__all__ = ["sample_without_replacement", "seed_key", "task_keys", "uniform"]
+__all__ = [
+    "PURPOSES",
+    "purpose_key",
+    "sample_without_replacement",
+    "seed_key",
+    "task_keys",
+    "uniform",
+]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -38,6 +51,34 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def seed_key(seed: int) -> np.ndarray:
     """A well-mixed 64-bit key for a stream seed, shape ``(1,)``."""
     return _mix(np.asarray([seed], dtype=np.uint64) * _GOLDEN + _GOLDEN)
+
+
+def _salt(purpose: str) -> np.uint64:
+    digest = hashlib.blake2b(purpose.encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+#: Named purposes and their salts (0 for episodes: unchanged keys).
+PURPOSES: dict[str, np.uint64] = {
+    "episodes": np.uint64(0),
+    **{
+        name: _salt(name)
+        for name in ("test_time_augmentation", "subnet_sampling", "evolution", "search")
+    },
+}
+
+
+def purpose_key(seed: int, purpose: str) -> np.ndarray:
+    """The key of ``purpose``'s stream for a user's seed, shape ``(1,)`` (see the module doc).
+
+    Raises:
+        KeyError: For a purpose not in :data:`PURPOSES` (add it there).
+    """
+    if purpose not in PURPOSES:
+        raise KeyError(f"unknown random purpose {purpose!r}; known: {', '.join(PURPOSES)}")
+    key = seed_key(seed)
+    salt = PURPOSES[purpose]
+    return key if salt == 0 else _mix(key ^ salt)
 
 
 def task_keys(seed: int | np.ndarray, task_indices: np.ndarray) -> np.ndarray:

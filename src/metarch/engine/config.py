@@ -12,11 +12,8 @@ not take.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import os
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from metarch.errors import ConfigError
 from metarch.meta.base import META_LEARNERS
 from metarch.models.registry import MODELS
+from metarch.registry import options_of
 
 __all__ = [
     "AugmentConfig",
@@ -256,50 +254,29 @@ class TrainConfig(_Strict):
         return self.validation.episode or self.episodes
 
 
-def _signature_owner(target: Callable[..., Any]) -> tuple[Callable[..., Any], set[str]]:
-    """The function whose named parameters are ``target``'s options, and those already bound.
-
-    Subclasses that only forward ``**kwargs`` (FOMAML, ANIL, ...) take their parent's
-    signature; a ``functools.partial`` takes its class's, less the keywords it binds.
-    """
-    bound: set[str] = set()
-    if isinstance(target, functools.partial):
-        bound = set(target.keywords)
-        target = target.func
-    if not inspect.isclass(target):
-        return target, bound
-    for klass in target.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        kinds = {p.kind for p in inspect.signature(init).parameters.values()}
-        if inspect.Parameter.VAR_KEYWORD not in kinds:
-            return typing.cast(Callable[..., Any], init), bound
-    return typing.cast(Callable[..., Any], target.__init__), bound
-
-
 def _check_options(
     where: str, target: Callable[..., Any], options: Mapping[str, Any], *, skip: int
 ) -> None:
     """Validate ``options`` against the keyword parameters of ``target``."""
-    owner, bound = _signature_owner(target)
-    signature = inspect.signature(owner)
-    hints = typing.get_type_hints(owner)
+    fixed = getattr(target, "fixed_options", {})
+    clash = sorted(k for k in options if k in fixed and options[k] != fixed[k])
+    if clash:
+        raise ValueError(
+            "; ".join(
+                f"{where}.{key}: {getattr(target, 'registered_name', target)} fixes it to "
+                f"{fixed[key]!r} (use 'maml' to choose it)"
+                for key in clash
+            )
+        )
     fields: dict[str, Any] = {}
-    parameters = [p for p in signature.parameters.values() if p.name != "self"]
-    for parameter in parameters[skip:]:
-        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            continue
-        if parameter.name in bound:
-            continue
-        annotation = hints.get(parameter.name, Any)
-        default = ... if parameter.default is inspect.Parameter.empty else parameter.default
-        fields[parameter.name] = (annotation, default)
+    for option in options_of(target, skip=skip):
+        default = ... if option.required else option.default
+        fields[option.name] = (option.annotation, default)
     model = create_model(
         f"{where}", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
     )
     try:
-        model(**options)
+        model(**{k: v for k, v in options.items() if k not in fixed})
     except ValidationError as exc:
         raise ValueError(_format_errors(exc, prefix=where)) from None
 

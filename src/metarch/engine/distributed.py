@@ -4,8 +4,10 @@ Each meta-batch of ``B`` tasks is split across ``W`` processes: rank ``r`` compu
 meta-gradient of tasks ``r*B/W .. (r+1)*B/W - 1`` of the step (episodes are a pure function
 of their index, so no data moves between processes), gradients are averaged with an
 all-reduce, and every process applies the same optimizer step. Batch-norm running buffers
-are averaged the same way. Only rank 0 writes files. Backend: gloo on CPU, nccl where CUDA
-is present.
+are averaged the same way. Only rank 0 writes files. Backend: chosen by where the model's
+tensors live (:func:`backend_for`), never by whether the machine has a GPU: the trainer
+keeps models on the CPU, so gloo, even on a machine with CUDA (nccl cannot reduce CPU
+tensors).
 
 Launch with ``metarch train --nproc N`` (processes on this machine), or with torchrun,
 which sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``::
@@ -31,6 +33,7 @@ from torch.multiprocessing.spawn import spawn
 
 __all__ = [
     "ProcessGroup",
+    "backend_for",
     "average_buffers",
     "average_gradients",
     "current_group",
@@ -73,9 +76,17 @@ def current_group() -> ProcessGroup:
     return ProcessGroup()
 
 
+def backend_for(device: torch.device | str) -> str:
+    """The torch.distributed backend that reduces tensors on ``device``."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+# Where the trainer keeps models and their gradients.
+_TRAINING_DEVICE = torch.device("cpu")
+
+
 def _initialise_from_environment() -> None:
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend_for(_TRAINING_DEVICE))
 
 
 def average_gradients(parameters: Iterable[nn.Parameter], group: ProcessGroup) -> None:

@@ -15,9 +15,9 @@ decorate it with ``@META_LEARNERS.register("name")`` and import the module in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,11 +59,14 @@ class MetaMetrics:
 class MetaLearner(nn.Module, ABC):
     """Base class of all meta-learners (optimisation-based and metric-based)."""
 
-    #: Registered name, set by :data:`META_LEARNERS` registration.
-    name: str = ""
     #: Whether the learner needs a classifier with a ``ways``-output head (MAML family) or
     #: works on embeddings directly (metric-based learners).
     needs_classifier_head: bool = True
+    #: The name it is registered under in :data:`META_LEARNERS` (stamped by the registry).
+    registered_name: ClassVar[str] = ""
+    #: Options a variant fixes (``fomaml``: ``first_order=True``); configs may not set them
+    #: to anything else.
+    fixed_options: ClassVar[Mapping[str, object]] = {}
 
     def meta_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the outer optimizer updates (all parameters by default)."""

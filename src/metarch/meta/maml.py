@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -384,31 +384,46 @@ class MAML(MetaLearner):
         return predict
 
 
+class _MAMLVariant(MAML):
+    """MAML with some options fixed: another value for one is an error, not an override.
+
+    Without this, ``fomaml`` with ``first_order: false`` would silently be MAML and
+    ``anil`` with ``adapt: all`` would be MAML too. Passing the fixed value itself is
+    harmless and accepted (older configs spell it out).
+    """
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        clash = sorted(
+            k for k in kwargs if k in self.fixed_options and kwargs[k] != self.fixed_options[k]
+        )
+        if clash:
+            name = META_LEARNERS.name_of(type(self))
+            fixed = ", ".join(f"{k}={self.fixed_options[k]!r}" for k in clash)
+            raise TypeError(
+                f"{name} fixes {fixed}; drop the option, or use 'maml' to choose it yourself"
+            )
+        super().__init__(model, **{**kwargs, **self.fixed_options})
+
+
 @META_LEARNERS.register("fomaml")
-class FOMAML(MAML):
+class FOMAML(_MAMLVariant):
     """First-order MAML: MAML without the second-order terms of the meta-gradient."""
 
-    def __init__(self, model: nn.Module, **kwargs: object) -> None:
-        kwargs.setdefault("first_order", True)
-        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+    fixed_options: ClassVar[Mapping[str, object]] = {"first_order": True}
 
 
 @META_LEARNERS.register("metasgd")
-class MetaSGD(MAML):
+class MetaSGD(_MAMLVariant):
     """Meta-SGD: a learnable inner learning rate for every parameter element."""
 
-    def __init__(self, model: nn.Module, **kwargs: object) -> None:
-        kwargs.setdefault("lr_mode", "per_parameter")
-        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+    fixed_options: ClassVar[Mapping[str, object]] = {"lr_mode": "per_parameter"}
 
 
 @META_LEARNERS.register("anil")
-class ANIL(MAML):
+class ANIL(_MAMLVariant):
     """Almost No Inner Loop: only the head adapts; the body is meta-learned but fixed per task."""
 
-    def __init__(self, model: nn.Module, **kwargs: object) -> None:
-        kwargs.setdefault("adapt", "head")
-        super().__init__(model, **kwargs)  # type: ignore[arg-type]
+    fixed_options: ClassVar[Mapping[str, object]] = {"adapt": "head"}
 
 
 _TASK_POOLS: dict[int, ThreadPoolExecutor] = {}

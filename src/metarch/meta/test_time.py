@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metarch.data.augment import AffineAugmentation
-from metarch.data.rng import task_keys, uniform
+from metarch.data.rng import purpose_key, task_keys, uniform
 
 if TYPE_CHECKING:
     from metarch.meta.base import MetaLearner, Predictor
@@ -49,7 +49,8 @@ class TestTimeAugmentation:
         augmentation: The distortion ranges (default: training augmentation's default
             ranges, the best of strengths 0.25, 0.5 and 1 on Omniglot validation episodes;
             see :meth:`with_strength`).
-        seed: Seed of the distortions (task ``i`` of a stream gets key ``(seed, i)``).
+        seed: Seed of the distortions (task ``i`` of a stream gets key ``(seed, i)`` of the
+            ``test_time_augmentation`` purpose, never an episode sampler's draws).
     """
 
     __test__ = False  # a library class, not a pytest test class
@@ -85,7 +86,8 @@ class TestTimeAugmentation:
 
     def key(self, task_index: int) -> np.ndarray:
         """The random key of task ``task_index`` of a stream."""
-        return task_keys(self.seed, np.asarray([task_index], dtype=np.int64))
+        key = purpose_key(self.seed, "test_time_augmentation")
+        return task_keys(key, np.asarray([task_index], dtype=np.int64))
 
     def _distorted_copies(self, images: Tensor, key: np.ndarray, stream: int) -> Tensor:
         """``copies`` distorted copies of ``images`` ``(M, C, H, W)``, copy-major."""
