@@ -245,7 +245,7 @@ def test_two_processes_match_one(tmp_path: Path, data_root: Path) -> None:
 
 def load_file_initial(run: Path) -> torch.Tensor:
     """The head weight a fresh learner starts from (the run must have moved away from it)."""
-    from metarch.engine.trainer import build_learner
+    from metarch.engine.build import build_learner
 
     config = load_config(run / "config.yaml")
     learner = build_learner(config, (1, 28, 28))

@@ -2,31 +2,90 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.lake import LakeResult, evaluate_lake_runs, load_lake_runs
 from metarch.data.resolve import load_pool
+from metarch.engine.build import ModelInputs, build_learner
 from metarch.engine.checkpoint import CheckpointError, load_checkpoint
 from metarch.engine.config import TrainConfig, load_config
-from metarch.engine.trainer import (
-    EvaluationResult,
-    ModelInputs,
-    build_learner,
-    evaluate_learner,
-)
 from metarch.errors import ConfigError
 from metarch.meta.base import MetaLearner
 from metarch.meta.test_time import TestTimeAugmentation, adapt_task_with
 
-__all__ = ["TrainedModel", "evaluate_episodes", "evaluate_lake", "load_trained_learner"]
+__all__ = [
+    "EvaluationResult",
+    "TrainedModel",
+    "evaluate_episodes",
+    "evaluate_lake",
+    "evaluate_learner",
+    "load_trained_learner",
+]
 
 
 def _shape(shape: tuple[int, int, int]) -> str:
     return "x".join(map(str, shape))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Mean accuracy over episodes with its 95% confidence interval.
+
+    Attributes:
+        accuracy: Mean query accuracy, in percent.
+        ci95: Half-width of the 95% confidence interval of the mean, in percent.
+        episodes: Number of episodes.
+    """
+
+    accuracy: float
+    ci95: float
+    episodes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``."""
+        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
+
+
+def evaluate_learner(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    *,
+    batch: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    augmentation: TestTimeAugmentation | None = None,
+) -> EvaluationResult:
+    """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream).
+
+    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
+    """
+    was_training = learner.training
+    learner.eval()
+    accuracies = []
+    try:
+        done = 0
+        for start in range(0, episodes, batch):
+            indices = list(range(start, min(start + batch, episodes)))
+            accuracies.append(learner.evaluate(sampler.tasks(indices), augmentation))
+            done += len(indices)
+            if progress is not None:
+                progress(done, episodes)
+    finally:
+        learner.train(was_training)
+    values = torch.cat(accuracies).double() * 100.0
+    std = float(values.std(unbiased=True)) if len(values) > 1 else 0.0
+    return EvaluationResult(
+        accuracy=float(values.mean()),
+        ci95=1.96 * std / math.sqrt(len(values)),
+        episodes=len(values),
+    )
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from metarch.data.augment import AffineAugmentation
 from metarch.data.episodes import EpisodeSampler
@@ -29,6 +27,7 @@ from metarch.data.normalize import ChannelNormalization
 from metarch.data.paths import resolve_data_root
 from metarch.data.pools import ClassPool
 from metarch.data.resolve import load_pool
+from metarch.engine.build import ModelInputs, build_learner
 from metarch.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -42,83 +41,15 @@ from metarch.engine.distributed import (
     average_gradients,
     current_group,
 )
+from metarch.engine.evaluate import EvaluationResult, evaluate_learner
 from metarch.errors import MetarchError
-from metarch.meta.base import META_LEARNERS, MetaLearner
-from metarch.meta.test_time import TestTimeAugmentation
-from metarch.models.registry import FewShotClassifier, create_model
 from metarch.utils.io import atomic_write_text
 
-__all__ = [
-    "EvaluationResult",
-    "ModelInputs",
-    "TrainingError",
-    "Trainer",
-    "build_learner",
-    "evaluate_learner",
-]
+__all__ = ["Trainer", "TrainingError"]
 
 
 class TrainingError(MetarchError):
     """Training cannot go on (a non-finite loss, a mismatched resume, ...)."""
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """Mean accuracy over episodes with its 95% confidence interval.
-
-    Attributes:
-        accuracy: Mean query accuracy, in percent.
-        ci95: Half-width of the 95% confidence interval of the mean, in percent.
-        episodes: Number of episodes.
-    """
-
-    accuracy: float
-    ci95: float
-    episodes: int
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``."""
-        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """What a trained model takes: the image shape and the normalisation it was trained with.
-
-    Recorded in every checkpoint, so that evaluation rebuilds the model for 3-channel
-    images and normalises any set exactly as training did, with no extra options.
-
-    Attributes:
-        shape: ``(channels, height, width)``.
-        normalization: Per-channel normalisation, or ``None``.
-    """
-
-    shape: tuple[int, int, int]
-    normalization: ChannelNormalization | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"shape": [C, H, W], "normalization": {...} or None}``."""
-        normalization = None if self.normalization is None else self.normalization.to_json()
-        return {"shape": list(self.shape), "normalization": normalization}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], config: TrainConfig) -> ModelInputs:
-        """Read :meth:`to_json`'s form.
-
-        An empty record (a run saved before inputs were recorded, always 1-channel and
-        unnormalised) falls back to the config's image size.
-        """
-        if not data:
-            size = config.data.image_size
-            return cls((1, size, size))
-        shape = data.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 3):
-            raise TrainingError(f"checkpoint inputs.shape must be [C, H, W], got {shape!r}")
-        normalization = data.get("normalization")
-        return cls(
-            (int(shape[0]), int(shape[1]), int(shape[2])),
-            None if normalization is None else ChannelNormalization.from_json(normalization),
-        )
 
 
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -139,59 +70,6 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     if normal.get("data", {}).get("val_set", "") is None:
         normal.pop("validation", None)
     return normal
-
-
-def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
-    """The meta-learner a config describes, initialised from ``config.seed``."""
-    torch.manual_seed(config.seed)
-    options = dict(config.model.options)
-    options.setdefault("in_channels", image_shape[0])
-    backbone = create_model(config.model.name, **options)
-    if config.model.channels_last:
-        # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.
-        for parameter in backbone.parameters():
-            if parameter.dim() == 4:
-                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
-    learner_class = META_LEARNERS.get(config.method.name)
-    model: nn.Module = backbone
-    if learner_class.needs_classifier_head:
-        model = FewShotClassifier(backbone, config.episodes.ways, image_shape)
-    return learner_class(model, **config.method.options)
-
-
-def evaluate_learner(
-    learner: MetaLearner,
-    sampler: EpisodeSampler,
-    episodes: int,
-    *,
-    batch: int = 16,
-    progress: Callable[[int, int], None] | None = None,
-    augmentation: TestTimeAugmentation | None = None,
-) -> EvaluationResult:
-    """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream).
-
-    ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
-    """
-    was_training = learner.training
-    learner.eval()
-    accuracies = []
-    try:
-        done = 0
-        for start in range(0, episodes, batch):
-            indices = list(range(start, min(start + batch, episodes)))
-            accuracies.append(learner.evaluate(sampler.tasks(indices), augmentation))
-            done += len(indices)
-            if progress is not None:
-                progress(done, episodes)
-    finally:
-        learner.train(was_training)
-    values = torch.cat(accuracies).double() * 100.0
-    std = float(values.std(unbiased=True)) if len(values) > 1 else 0.0
-    return EvaluationResult(
-        accuracy=float(values.mean()),
-        ci95=1.96 * std / math.sqrt(len(values)),
-        episodes=len(values),
-    )
 
 
 class Trainer:

@@ -1,0 +1,80 @@
+"""The composition root: what a config describes, built from the registries.
+
+Every object a run is made of (backbone, classifier head, meta-learner) is built here and
+nowhere else, from a :class:`~metarch.engine.config.TrainConfig` and the shape of the
+inputs, so the trainer only trains and evaluation rebuilds exactly what was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarch.data.normalize import ChannelNormalization
+from metarch.engine.checkpoint import CheckpointError
+from metarch.engine.config import TrainConfig
+from metarch.meta.base import META_LEARNERS, MetaLearner
+from metarch.models.registry import FewShotClassifier, create_model
+
+__all__ = ["ModelInputs", "build_learner"]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a trained model takes: the image shape and the normalisation it was trained with.
+
+    Recorded in every checkpoint, so that evaluation rebuilds the model for 3-channel
+    images and normalises any set exactly as training did, with no extra options.
+
+    Attributes:
+        shape: ``(channels, height, width)``.
+        normalization: Per-channel normalisation, or ``None``.
+    """
+
+    shape: tuple[int, int, int]
+    normalization: ChannelNormalization | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"shape": [C, H, W], "normalization": {...} or None}``."""
+        normalization = None if self.normalization is None else self.normalization.to_json()
+        return {"shape": list(self.shape), "normalization": normalization}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], config: TrainConfig) -> ModelInputs:
+        """Read :meth:`to_json`'s form.
+
+        An empty record (a run saved before inputs were recorded, always 1-channel and
+        unnormalised) falls back to the config's image size.
+        """
+        if not data:
+            size = config.data.image_size
+            return cls((1, size, size))
+        shape = data.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 3):
+            raise CheckpointError(f"checkpoint inputs.shape must be [C, H, W], got {shape!r}")
+        normalization = data.get("normalization")
+        return cls(
+            (int(shape[0]), int(shape[1]), int(shape[2])),
+            None if normalization is None else ChannelNormalization.from_json(normalization),
+        )
+
+
+def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
+    """The meta-learner a config describes, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    options = dict(config.model.options)
+    options.setdefault("in_channels", image_shape[0])
+    backbone = create_model(config.model.name, **options)
+    if config.model.channels_last:
+        # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.
+        for parameter in backbone.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+    learner_class = META_LEARNERS.get(config.method.name)
+    model: nn.Module = backbone
+    if learner_class.needs_classifier_head:
+        model = FewShotClassifier(backbone, config.episodes.ways, image_shape)
+    return learner_class(model, **config.method.options)
