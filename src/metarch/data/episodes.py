@@ -75,6 +75,27 @@ class EpisodeBatch:
         """Number of episodes ``T``."""
         return int(self.support_images.shape[0])
 
+    # The generic task-batch names every meta-learner reads (metarch.meta.base.TaskBatch).
+    @property
+    def support_x(self) -> torch.Tensor:
+        """``support_images``."""
+        return self.support_images
+
+    @property
+    def support_y(self) -> torch.Tensor:
+        """``support_labels``."""
+        return self.support_labels
+
+    @property
+    def query_x(self) -> torch.Tensor:
+        """``query_images``."""
+        return self.query_images
+
+    @property
+    def query_y(self) -> torch.Tensor:
+        """``query_labels``."""
+        return self.query_labels
+
     def to(self, device: torch.device | str) -> EpisodeBatch:
         """Copy the image and label tensors to ``device``."""
         return EpisodeBatch(

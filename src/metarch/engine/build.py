@@ -17,7 +17,7 @@ from metarch.data.normalize import ChannelNormalization
 from metarch.engine.checkpoint import CheckpointError
 from metarch.engine.config import TrainConfig
 from metarch.meta.base import META_LEARNERS, MetaLearner
-from metarch.models.registry import FewShotClassifier, create_model
+from metarch.models.registry import MODELS, FewShotClassifier, create_model
 
 __all__ = ["ModelInputs", "build_learner"]
 
@@ -66,7 +66,8 @@ def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> Met
     """The meta-learner a config describes, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
     options = dict(config.model.options)
-    options.setdefault("in_channels", image_shape[0])
+    if any(o.name == "in_channels" for o in MODELS.options(config.model.name)):
+        options.setdefault("in_channels", image_shape[0])
     backbone = create_model(config.model.name, **options)
     if config.model.channels_last:
         # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -41,13 +41,43 @@ Predictor = Callable[[Tensor], Tensor]
 """Maps query inputs ``(M, ...)`` of one task to logits ``(M, ways)``."""
 
 
+@runtime_checkable
+class TaskBatch(Protocol):
+    """Any batch of ``T`` tasks with support and query sets stacked along dimension 0.
+
+    :class:`~metarch.data.episodes.EpisodeBatch` (classification episodes) and
+    :class:`~metarch.data.sinusoid.SinusoidBatch` (regression) both are.
+    """
+
+    @property
+    def support_x(self) -> Tensor:
+        """Support inputs ``(T, N_s, ...)``."""
+
+    @property
+    def support_y(self) -> Tensor:
+        """Support targets ``(T, N_s, ...)``."""
+
+    @property
+    def query_x(self) -> Tensor:
+        """Query inputs ``(T, N_q, ...)``."""
+
+    @property
+    def query_y(self) -> Tensor:
+        """Query targets ``(T, N_q, ...)``."""
+
+    @property
+    def num_tasks(self) -> int:
+        """``T``."""
+
+
 @dataclass(frozen=True)
 class MetaMetrics:
     """What one meta-gradient computation measured.
 
     Attributes:
         loss: Mean query loss over the tasks.
-        accuracy: Mean query accuracy over the tasks (after adaptation), in [0, 1].
+        accuracy: Mean query score over the tasks (after adaptation): the accuracy in
+            [0, 1] for classification, minus the mean squared error for regression.
         tasks: Number of tasks.
     """
 
@@ -73,14 +103,14 @@ class MetaLearner(nn.Module, ABC):
         return self.parameters()
 
     @abstractmethod
-    def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:
         """Add the task-averaged meta-gradient of ``batch`` to ``.grad`` of the meta-parameters."""
 
     @abstractmethod
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
         """Adapt to one task's support set; return a predictor of query logits."""
 
-    def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> MetaMetrics:
+    def meta_train_step(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> MetaMetrics:
         """One outer step: zero gradients, compute meta-gradients, step the optimizer."""
         optimizer.zero_grad(set_to_none=True)
         metrics = self.compute_meta_gradients(batch)

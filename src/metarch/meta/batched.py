@@ -37,7 +37,7 @@ import ctypes.util
 import logging
 import operator
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
 from metarch.models.norm import MetaBatchNorm2d, RecordedStatistics
 
@@ -65,7 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Params = dict[str, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _CHANNELS_LAST = torch.channels_last
 
@@ -577,14 +577,6 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + max(size, 1))
 
 
-def _task_losses(logits: Tensor, labels: Tensor, loss_fn: LossFn) -> Tensor:
-    """Per-task losses ``(T,)`` of logits ``(T, N, K)``; ``loss_fn`` must average over N."""
-    if loss_fn is F.cross_entropy:
-        flat = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-        return flat.view(labels.shape).mean(dim=1)
-    return torch.stack([loss_fn(logits[t], labels[t]) for t in range(logits.shape[0])])
-
-
 def batched_meta_gradients(
     batched: TaskBatchedModel,
     params: Params,
@@ -603,7 +595,7 @@ def batched_meta_gradients(
     record_statistics: bool,
     support_group: int,
     query_chunk: int,
-    loss_fn: LossFn = F.cross_entropy,
+    task_loss: TaskLoss | None = None,
 ) -> BatchedResult:
     """Accumulate the task-averaged MAML meta-gradient into ``.grad`` of ``params``.
 
@@ -626,7 +618,7 @@ def batched_meta_gradients(
         record_statistics: Record batch statistics (averaged over tasks).
         support_group: Tasks whose inner loops run together (and whose graph is held).
         query_chunk: Tasks whose query passes run together.
-        loss_fn: Loss averaging over a task's samples.
+        task_loss: The task's loss (default cross-entropy).
 
     Returns:
         Per-task query losses and accuracies, and the recorded statistics.
@@ -636,6 +628,7 @@ def batched_meta_gradients(
             f"the inner optimizer {type(optimizer).__name__} couples elements, so tasks "
             "stacked together would change each other's updates"
         )
+    task_loss = task_loss or TASK_LOSSES.get("cross_entropy")
     tasks = support_x.shape[0]
     losses: list[Tensor] = []
     accuracies: list[Tensor] = []
@@ -654,7 +647,7 @@ def batched_meta_gradients(
                 step=step, use_running=norm_running[0], record=record, first_order=first_order
             )
             logits = batched(current, support_x[g0:g1], context)
-            loss = _task_losses(logits, support_y[g0:g1], loss_fn).sum()
+            loss = task_loss.per_task(logits, support_y[g0:g1]).sum()
             names = [n for n in adapt if current[n].requires_grad]
             grads = torch.autograd.grad(
                 loss, [current[n] for n in names], create_graph=not first_order
@@ -694,10 +687,10 @@ def batched_meta_gradients(
                 logits = batched(chunk, query_x[g0 + c0 : g0 + c1], context)
                 if chunk_record is not None and record is not None:
                     accumulate_statistics(record, chunk_record, (c1 - c0) / group, first=c0 == 0)
-                per_task = _task_losses(logits, query_y[g0 + c0 : g0 + c1], loss_fn)
+                per_task = task_loss.per_task(logits, query_y[g0 + c0 : g0 + c1])
                 if step == steps:
-                    hits = logits.argmax(dim=-1) == query_y[g0 + c0 : g0 + c1]
-                    accuracies.append(hits.float().mean(dim=1))
+                    scores = task_loss.score(logits.detach(), query_y[g0 + c0 : g0 + c1])
+                    accuracies.append(scores)
                 task_losses[c0:c1] += weight * per_task.detach()
                 if per_task.requires_grad:
                     (per_task.sum() * (weight / tasks)).backward()

@@ -16,14 +16,14 @@ head for ANIL); the rest are read, and still receive meta-gradients through the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
 from metarch.models.norm import BatchNormContext, NormPolicy, RecordedStatistics, batch_norm_context
 
@@ -90,7 +90,7 @@ class TaskResult:
     statistics: RecordedStatistics = field(default_factory=RecordedStatistics)
 
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+_CROSS_ENTROPY = TASK_LOSSES.get("cross_entropy")
 
 
 def _forward(
@@ -118,7 +118,7 @@ def adapt_task(
     training: bool,
     hyper: Hyper | None = None,
     record: RecordedStatistics | None = None,
-    loss_fn: LossFn = F.cross_entropy,
+    task_loss: TaskLoss = _CROSS_ENTROPY,
     fused_norm: bool = False,
 ) -> list[Params]:
     """Adapt ``params`` to one support set; return the parameters after every step.
@@ -135,7 +135,7 @@ def adapt_task(
         training: Meta-training (True) or evaluation (False); decides batch-norm statistics.
         hyper: The optimizer's learnable hyper-parameters to read (default: its own).
         record: Where batch-norm layers record batch statistics.
-        loss_fn: Support loss.
+        task_loss: The task's loss (:data:`~metarch.meta.losses.TASK_LOSSES`).
         fused_norm: Fused batch-norm kernels (faster; never under ``vmap``, see
             :class:`~metarch.models.norm.BatchNormContext`).
 
@@ -155,7 +155,7 @@ def adapt_task(
         )
         logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context)
         aux = (local.means, local.variances) if local is not None else ({}, {})
-        return loss_fn(logits, support_y), aux
+        return task_loss.loss(logits, support_y), aux
 
     support_grad = torch.func.grad(support_loss, has_aux=True)
     trajectory = [params]
@@ -191,15 +191,16 @@ def run_task(
     training: bool,
     hyper: Hyper | None = None,
     record_statistics: bool = False,
-    loss_fn: LossFn = F.cross_entropy,
+    task_loss: TaskLoss = _CROSS_ENTROPY,
     fused_norm: bool = False,
 ) -> tuple[Tensor, Tensor, RecordedStatistics]:
     """Adapt to one task's support set and score its queries; safe to ``vmap`` over tasks.
 
     Returns:
-        ``(loss, accuracy, statistics)``: the weighted query loss (differentiable w.r.t.
-        ``params`` and the optimizer's learnable hyper-parameters), the query accuracy
-        after the last step (detached), and the batch statistics recorded along the way.
+        ``(loss, score, statistics)``: the weighted query loss (differentiable w.r.t.
+        ``params`` and the optimizer's learnable hyper-parameters), the query score after
+        the last step (accuracy for classification; detached), and the batch statistics
+        recorded along the way.
     """
     record = RecordedStatistics() if record_statistics else None
     trajectory = adapt_task(
@@ -214,7 +215,7 @@ def run_task(
         training=training,
         hyper=hyper,
         record=record,
-        loss_fn=loss_fn,
+        task_loss=task_loss,
         fused_norm=fused_norm,
     )
     use_running = config.norm_policy.uses_running_statistics(inner=False, training=training)
@@ -234,6 +235,6 @@ def run_task(
             fused=fused_norm,
         )
         logits = _forward(model, trajectory[step], buffers, query_x, context)
-        loss = loss + weight * loss_fn(logits, query_y)
-    accuracy = (logits.argmax(dim=-1) == query_y).float().mean().detach()
-    return loss, accuracy, record if record is not None else RecordedStatistics()
+        loss = loss + weight * task_loss.loss(logits, query_y)
+    score = task_loss.score(logits, query_y).detach()
+    return loss, score, record if record is not None else RecordedStatistics()

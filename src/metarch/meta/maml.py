@@ -26,8 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from metarch.data.episodes import EpisodeBatch
-from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
+from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
 from metarch.meta.batched import (
     BatchedResult,
     BatchingUnsupportedError,
@@ -43,6 +42,7 @@ from metarch.meta.functional import (
     adapt_task,
     run_task,
 )
+from metarch.meta.losses import TASK_LOSSES
 from metarch.meta.optim import Hyper, build_inner_optimizer
 from metarch.models.norm import (
     BatchNormContext,
@@ -97,6 +97,9 @@ class MAML(MetaLearner):
             meta-gradients in a fixed order (deterministic). ``None``: as many as
             ``torch.get_num_threads()``. Small CPU convolutions scale poorly over intra-op
             threads (and collapse when the cores are shared); independent tasks scale well.
+        loss: The task loss by name (:data:`~metarch.meta.losses.TASK_LOSSES`):
+            ``cross_entropy`` (classification) or ``mse`` (regression, as the sinusoid
+            tasks of the MAML paper).
 
     With ``"batched"``, the first meta-gradient also tunes glibc's allocator to keep
     freed memory (see :func:`~metarch.meta.batched.retain_freed_memory`).
@@ -118,8 +121,10 @@ class MAML(MetaLearner):
         support_group: int = 8,
         query_chunk: int = 2,
         task_threads: int | None = None,
+        loss: str = "cross_entropy",
     ) -> None:
         super().__init__()
+        self.task_loss = TASK_LOSSES.get(loss)
         if batching not in ("auto", "vmap", "loop", "batched"):
             raise ValueError(
                 f"batching must be 'auto', 'vmap', 'loop' or 'batched', got {batching!r}"
@@ -172,7 +177,7 @@ class MAML(MetaLearner):
         buffers = {name: b for name, b in self.model.named_buffers()}
         return params, buffers
 
-    def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:  # noqa: D102
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:  # noqa: D102
         if self.batching in ("batched", "auto"):
             # An unsupported model fails on the first call, possibly after a backward:
             # keep the gradients it started from so the loop adds to those only.
@@ -192,7 +197,7 @@ class MAML(MetaLearner):
             return self._meta_gradients_vmap(batch)
         return self._meta_gradients_loop(batch)
 
-    def _meta_gradients_loop(self, batch: EpisodeBatch) -> MetaMetrics:
+    def _meta_gradients_loop(self, batch: TaskBatch) -> MetaMetrics:
         params, buffers = self._params_and_buffers()
         tasks = batch.num_tasks
         losses, accuracies = [], []
@@ -202,15 +207,16 @@ class MAML(MetaLearner):
                 self.model,
                 params,
                 buffers,
-                batch.support_images[t],
-                batch.support_labels[t],
-                batch.query_images[t],
-                batch.query_labels[t],
+                batch.support_x[t],
+                batch.support_y[t],
+                batch.query_x[t],
+                batch.query_y[t],
                 adapt=self.adapt_names,
                 optimizer=self.inner_optimizer,
                 config=self.config,
                 training=True,
                 record_statistics=self._records_statistics(),
+                task_loss=self.task_loss,
                 fused_norm=True,
             )
             # One backward per task keeps one task's graph in memory at a time.
@@ -230,7 +236,7 @@ class MAML(MetaLearner):
             tasks=tasks,
         )
 
-    def _meta_gradients_batched(self, batch: EpisodeBatch) -> MetaMetrics:
+    def _meta_gradients_batched(self, batch: TaskBatch) -> MetaMetrics:
         if self._batched is None:
             self._batched = TaskBatchedModel.trace(self.model)
             retain_freed_memory()
@@ -250,7 +256,7 @@ class MAML(MetaLearner):
 
     def _batched_shard(
         self,
-        batch: EpisodeBatch,
+        batch: TaskBatch,
         first: int,
         end: int,
         params: Params,
@@ -262,10 +268,10 @@ class MAML(MetaLearner):
         return batched_meta_gradients(
             self._batched,
             params,
-            batch.support_images[first:end],
-            batch.support_labels[first:end],
-            batch.query_images[first:end],
-            batch.query_labels[first:end],
+            batch.support_x[first:end],
+            batch.support_y[first:end],
+            batch.query_x[first:end],
+            batch.query_y[first:end],
             adapt=self.adapt_names,
             optimizer=self.inner_optimizer,
             hyper=hyper,
@@ -279,11 +285,10 @@ class MAML(MetaLearner):
             record_statistics=self._records_statistics(),
             support_group=self.support_group,
             query_chunk=self.query_chunk,
+            task_loss=self.task_loss,
         )
 
-    def _batched_in_threads(
-        self, batch: EpisodeBatch, params: Params, threads: int
-    ) -> BatchedResult:
+    def _batched_in_threads(self, batch: TaskBatch, params: Params, threads: int) -> BatchedResult:
         """Shards of tasks in parallel threads; their gradients summed in shard order."""
         tasks = batch.num_tasks
         bounds = [(i * tasks // threads, (i + 1) * tasks // threads) for i in range(threads)]
@@ -311,7 +316,7 @@ class MAML(MetaLearner):
             torch.cat([r.losses for r in done]), torch.cat([r.accuracies for r in done]), statistics
         )
 
-    def _meta_gradients_vmap(self, batch: EpisodeBatch) -> MetaMetrics:
+    def _meta_gradients_vmap(self, batch: TaskBatch) -> MetaMetrics:
         params, buffers = self._params_and_buffers()
         record = self._records_statistics()
 
@@ -331,12 +336,13 @@ class MAML(MetaLearner):
                 config=self.config,
                 training=True,
                 record_statistics=record,
+                task_loss=self.task_loss,
             )
             # vmap returns pytrees of tensors; the dataclass is split into two dicts.
             return loss, accuracy, recorded.means, recorded.variances
 
         losses, accuracies, means, variances = torch.func.vmap(one_task)(
-            batch.support_images, batch.support_labels, batch.query_images, batch.query_labels
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
         losses.mean().backward()
         apply_recorded_statistics(self.model, RecordedStatistics(means, variances))
@@ -367,6 +373,7 @@ class MAML(MetaLearner):
                 optimizer=self.inner_optimizer,
                 config=self.eval_config,
                 training=training,
+                task_loss=self.task_loss,
                 fused_norm=True,
             )[-1]
         adapted = {name: p.detach() for name, p in adapted.items()}

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarch.data.episodes import EpisodeBatch
-from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
+from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
 
 __all__ = ["Distance", "PrototypicalNetwork", "compute_prototypes"]
 
@@ -110,41 +109,39 @@ class PrototypicalNetwork(MetaLearner):
 
     # -- meta-training -----------------------------------------------------------------
 
-    def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:  # noqa: D102
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:  # noqa: D102
         if self.batch_tasks:
             return self._meta_gradients_batched(batch)
         tasks = batch.num_tasks
         losses, accuracies = [], []
         for t in range(tasks):
-            support = batch.support_images[t]
+            support = batch.support_x[t]
             # Support and query in one forward: batch statistics are those of the episode.
-            embeddings = self.embed(torch.cat([support, batch.query_images[t]]))
-            prototypes = compute_prototypes(embeddings[: len(support)], batch.support_labels[t])
+            embeddings = self.embed(torch.cat([support, batch.query_x[t]]))
+            prototypes = compute_prototypes(embeddings[: len(support)], batch.support_y[t])
             logits = self.logits(embeddings[len(support) :], prototypes)
-            loss = F.cross_entropy(logits, batch.query_labels[t])
+            loss = F.cross_entropy(logits, batch.query_y[t])
             # One backward per task keeps one task's graph in memory at a time.
             (loss / tasks).backward()
             losses.append(loss.detach())
-            accuracies.append(_accuracy(logits, batch.query_labels[t]))
+            accuracies.append(_accuracy(logits, batch.query_y[t]))
         return MetaMetrics(
             loss=float(torch.stack(losses).mean()),
             accuracy=float(torch.stack(accuracies).mean()),
             tasks=tasks,
         )
 
-    def _meta_gradients_batched(self, batch: EpisodeBatch) -> MetaMetrics:
-        tasks, support_size = batch.support_labels.shape
-        images = torch.cat([batch.support_images, batch.query_images], dim=1)
+    def _meta_gradients_batched(self, batch: TaskBatch) -> MetaMetrics:
+        tasks, support_size = batch.support_y.shape
+        images = torch.cat([batch.support_x, batch.query_x], dim=1)
         embeddings = self.embed(images.flatten(0, 1)).unflatten(0, (tasks, -1))
-        prototypes = compute_prototypes(embeddings[:, :support_size], batch.support_labels)
+        prototypes = compute_prototypes(embeddings[:, :support_size], batch.support_y)
         logits = self.logits(embeddings[:, support_size:], prototypes)  # (T, M, N)
         # Mean over each task's queries, then over tasks: the loss of the per-task loop.
-        per_query = F.cross_entropy(
-            logits.flatten(0, 1), batch.query_labels.flatten(), reduction="none"
-        )
+        per_query = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten(), reduction="none")
         losses = per_query.view(tasks, -1).mean(dim=1)
         losses.mean().backward()
-        accuracies = (logits.argmax(dim=-1) == batch.query_labels).float().mean(dim=1)
+        accuracies = (logits.argmax(dim=-1) == batch.query_y).float().mean(dim=1)
         return MetaMetrics(
             loss=float(losses.detach().mean()), accuracy=float(accuracies.mean()), tasks=tasks
         )

@@ -51,8 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarch.data.episodes import EpisodeBatch
-from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor
+from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
 
 __all__ = ["AdamState", "InnerData", "InnerOptimizer", "LossFn", "Reptile"]
 
@@ -240,9 +239,9 @@ class Reptile(MetaLearner):
 
     # -- meta-training -----------------------------------------------------------------
 
-    def compute_meta_gradients(self, batch: EpisodeBatch) -> MetaMetrics:  # noqa: D102
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:  # noqa: D102
         return self.compute_meta_gradients_from_tensors(
-            batch.support_images, batch.support_labels, batch.query_images, batch.query_labels
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y
         )
 
     def compute_meta_gradients_from_tensors(

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from metarch.models.conv4 import Conv4
+from metarch.models.mlp import MLP
 from metarch.models.resnet12 import ResNet12
 from metarch.registry import Registry
 
@@ -31,6 +32,8 @@ MODELS.add("conv4", functools.partial(Conv4, pool="max"))
 MODELS.add("conv4-strided", functools.partial(Conv4, pool="stride"))
 # ResNet-12 (TADAM, MetaOptNet); pooled 640-d features by default.
 MODELS.add("resnet12", ResNet12)
+# A fully connected network (MAML's sinusoid regression: 1-40-40-1).
+MODELS.add("mlp", MLP)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
