@@ -204,3 +204,26 @@ def test_task_threads_are_deterministic_and_match_one_thread(lr_mode: str) -> No
     torch.testing.assert_close(threaded[0], one[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(threaded[1], one[1], rtol=1e-5, atol=1e-6)
     assert torch.equal(threaded[0], again[0]) and torch.equal(threaded[1], again[1])
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap", "batched"])
+def test_parameters_unused_in_the_forward_get_no_or_zero_gradient(batching: str) -> None:
+    """A model with a parameter its forward never uses (an unused branch, a sub-network's
+    skipped layer) trains in every path: the parameter's meta-gradient is zero."""
+
+    def run(with_unused: bool) -> tuple[list[torch.Tensor], torch.nn.Module]:
+        torch.manual_seed(0)
+        model = tiny_classifier(steps=2).double()
+        if with_unused:
+            model.unused = torch.nn.Linear(3, 2).double()
+        learner = MAML(model, inner_lr=0.3, steps=2, batching=batching)  # type: ignore[arg-type]
+        learner.compute_meta_gradients(make_batch(tasks=3))
+        used = [p.grad for n, p in model.named_parameters() if not n.startswith("unused.")]
+        return [g for g in used if g is not None], model
+
+    plain, _ = run(False)
+    grads, model = run(True)
+    for a, b in zip(grads, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for p in model.unused.parameters():  # type: ignore[union-attr]
+        assert p.grad is None or not p.grad.any()

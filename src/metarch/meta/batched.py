@@ -649,8 +649,13 @@ def batched_meta_gradients(
             logits = batched(current, support_x[g0:g1], context)
             loss = task_loss.per_task(logits, support_y[g0:g1]).sum()
             names = [n for n in adapt if current[n].requires_grad]
+            # A parameter the forward does not use gets a zero gradient, not an error.
             grads = torch.autograd.grad(
-                loss, [current[n] for n in names], create_graph=not first_order
+                loss,
+                [current[n] for n in names],
+                create_graph=not first_order,
+                allow_unused=True,
+                materialize_grads=True,
             )
             updates, state = optimizer.update(
                 dict(zip(names, grads, strict=True)),
@@ -664,7 +669,7 @@ def batched_meta_gradients(
         # Query passes in chunks: gradients w.r.t. the adapted weights, graph freed per chunk.
         outputs: list[Tensor] = []
         output_grads: list[Tensor] = []
-        task_losses = torch.zeros(group, dtype=query_x.dtype)
+        task_losses = torch.zeros(group, dtype=query_x.dtype, device=query_x.device)
         for step in needed:
             weight = weights[step]
             adapted = trajectory[step]

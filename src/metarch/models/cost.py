@@ -32,10 +32,15 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,10 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 100,
 ) -> LatencyMeasurement:
-    """Time forward passes of ``batch`` images on the CPU with ``threads`` intra-op threads.
+    """Time forward passes of ``batch`` images with ``threads`` intra-op threads.
 
-    The thread count is restored afterwards.
+    The inputs are made on the model's device (a CUDA model is synchronised around every
+    pass); the thread count is restored afterwards.
     """
     if repeats < 1 or warmup < 0 or batch < 1 or threads < 1:
         raise ValueError("need repeats >= 1, warmup >= 0, batch >= 1 and threads >= 1")
@@ -78,15 +84,19 @@ def measure_latency(
     was_training = model.training
     torch.set_num_threads(threads)
     model.eval()
-    x = torch.rand(batch, *input_shape)
+    device = _device_of(model)
+    x = torch.rand(batch, *input_shape, device=device)
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     try:
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)
             times = []
             for _ in range(repeats):
+                synchronise()
                 start = time.perf_counter()
                 model(x)
+                synchronise()
                 times.append((time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(previous)

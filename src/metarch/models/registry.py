@@ -47,7 +47,10 @@ def feature_dim(backbone: nn.Module, image_shape: tuple[int, int, int]) -> int:
     was_training = backbone.training
     backbone.eval()
     try:
-        features: Tensor = backbone(torch.zeros(1, *image_shape))
+        parameter = next(backbone.parameters(), None)
+        device = parameter.device if parameter is not None else None
+        with torch.no_grad():
+            features: Tensor = backbone(torch.zeros(1, *image_shape, device=device))
     finally:
         backbone.train(was_training)
     return int(features.shape[1])
