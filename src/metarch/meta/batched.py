@@ -37,7 +37,7 @@ import ctypes.util
 import logging
 import operator
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,17 +47,22 @@ from torch import Tensor, fx, nn
 
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
+from metarch.models.context import Phase, forward_context
 from metarch.models.norm import MetaBatchNorm2d, RecordedStatistics
 
 __all__ = [
+    "BatchedModuleRule",
     "BatchedNormContext",
     "BatchedResult",
     "BatchingUnsupportedError",
     "TaskBatchedModel",
     "accumulate_statistics",
     "batched_meta_gradients",
+    "batched_module_rule",
     "channels_last",
     "from_grouped",
+    "register_batched_function",
+    "register_batched_module",
     "retain_freed_memory",
     "stack_for_tasks",
     "to_grouped",
@@ -165,12 +170,14 @@ class BatchedNormContext:
         first_order: The pass is differentiated once only (query passes; support passes of
             first-order MAML): batch norm (and a ReLU after it) then runs as one function
             with PyTorch's fused kernels, instead of twice-differentiable operations.
+        phase: ``support`` or ``query``: what the forward context tells other modules.
     """
 
     step: int = 0
     use_running: bool = False
     record: RecordedStatistics | None = None
     first_order: bool = False
+    phase: Phase = "query"
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -317,9 +324,135 @@ _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
 
 
+@dataclass(frozen=True)
+class BatchedModuleRule:
+    """How one module type runs on the grouped task layout.
+
+    Attributes:
+        run: ``run(module, name, x, params, context)``: the output for grouped ``x``
+            (``(N, T*C, H, W)`` or ``(N, T*F)``), with the per-task parameters ``params``
+            stacked ``(T, *shape)`` and keyed by qualified name (``f"{name}.weight"``).
+        check: Raises :class:`BatchingUnsupportedError` for a configuration of the module
+            the rule cannot batch (checked once, when the model is traced).
+    """
+
+    run: Callable[[nn.Module, str, Tensor, Params, BatchedNormContext], Tensor]
+    check: Callable[[nn.Module], None] | None = None
+
+
+_MODULE_RULES: dict[type[nn.Module], BatchedModuleRule] = {}
+
+
+def register_batched_module(
+    *types: type[nn.Module],
+    run: Callable[[nn.Module, str, Tensor, Params, BatchedNormContext], Tensor] | None = None,
+    check: Callable[[nn.Module], None] | None = None,
+) -> None:
+    """Teach the task-batched engine a module type.
+
+    Without ``run`` the module is taken to act per sample and per channel (an activation, a
+    pooling, a module that only reads the forward context): it runs unchanged on the
+    grouped layout. A module with parameters of its own needs a ``run`` that applies each
+    task's parameters to that task's channels (see the rules for ``Conv2d`` and ``Linear``).
+    A subclass uses the rule of its nearest registered base class.
+    """
+    rule = BatchedModuleRule(run or _run_unchanged, check)
+    for module_type in types:
+        _MODULE_RULES[module_type] = rule
+
+
+def batched_module_rule(module: nn.Module) -> BatchedModuleRule | None:
+    """The rule for ``module``'s type (or its nearest registered base), if any."""
+    for klass in type(module).__mro__:
+        rule = _MODULE_RULES.get(klass)
+        if rule is not None:
+            return rule
+    return None
+
+
+def _run_unchanged(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    result: Tensor = module(x)
+    return result
+
+
+def _run_conv2d(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    assert isinstance(module, nn.Conv2d)
+    weight = params[f"{name}.weight"]
+    tasks = weight.shape[0]
+    weight = channels_last(weight.reshape(-1, *weight.shape[2:]))
+    bias = params[f"{name}.bias"].reshape(-1) if module.bias is not None else None
+    return F.conv2d(
+        channels_last(x),
+        weight,
+        bias,
+        module.stride,
+        module.padding,
+        module.dilation,
+        module.groups * tasks,
+    )
+
+
+def _check_conv2d(module: nn.Module) -> None:
+    assert isinstance(module, nn.Conv2d)
+    if module.padding_mode != "zeros":
+        raise BatchingUnsupportedError(f"padding mode {module.padding_mode!r}")
+
+
+def _run_linear(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    assert isinstance(module, nn.Linear)
+    if x.dim() != 2:
+        raise BatchingUnsupportedError(f"linear layer on a {x.dim()}-d input")
+    weight = params[f"{name}.weight"]
+    per_task = x.reshape(x.shape[0], weight.shape[0], -1).transpose(0, 1)
+    out = torch.bmm(per_task, weight.transpose(1, 2))
+    if module.bias is not None:
+        out = out + params[f"{name}.bias"].unsqueeze(1)
+    return out.transpose(0, 1).reshape(x.shape[0], -1)
+
+
+def _run_batch_norm(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    assert isinstance(module, MetaBatchNorm2d)
+    return _batch_norm(module, name, x, params[f"{name}.weight"], params[f"{name}.bias"], context)
+
+
+def _run_flatten(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    return x.flatten(1) if x.dim() > 2 else x
+
+
+def _check_flatten(module: nn.Module) -> None:
+    assert isinstance(module, nn.Flatten)
+    if module.start_dim != 1 or module.end_dim != -1:
+        raise BatchingUnsupportedError("flatten must start at dimension 1")
+
+
+register_batched_module(*_PER_CHANNEL_MODULES)
+register_batched_module(nn.Conv2d, run=_run_conv2d, check=_check_conv2d)
+register_batched_module(nn.Linear, run=_run_linear)
+register_batched_module(MetaBatchNorm2d, run=_run_batch_norm)
+register_batched_module(nn.Flatten, run=_run_flatten, check=_check_flatten)
+
+
+def register_batched_function(*functions: Any) -> None:
+    """Teach the task-batched engine functions that act per sample and per channel."""
+    _PER_CHANNEL_FUNCTIONS.update(functions)
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, MetaBatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+        # Modules with a rule are replayed whole by it, not traced through.
+        return batched_module_rule(m) is not None or super().is_leaf_module(
+            m, module_qualified_name
+        )
 
 
 def _spatial_dims(dims: Any, ndim: int) -> bool:
@@ -382,14 +515,14 @@ class TaskBatchedModel:
             raise BatchingUnsupportedError(f"direct parameter access {node.target!r}")
         if node.op == "call_module":
             module = self.modules[str(node.target)]
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros":
-                    raise BatchingUnsupportedError(f"padding mode {module.padding_mode!r}")
-            elif isinstance(module, nn.Flatten):
-                if module.start_dim != 1 or module.end_dim != -1:
-                    raise BatchingUnsupportedError("flatten must start at dimension 1")
-            elif not isinstance(module, (nn.Linear, MetaBatchNorm2d, *_PER_CHANNEL_MODULES)):
-                raise BatchingUnsupportedError(f"module {type(module).__name__}")
+            rule = batched_module_rule(module)
+            if rule is None:
+                raise BatchingUnsupportedError(
+                    f"module {type(module).__name__} (register how it is batched with "
+                    "register_batched_module)"
+                )
+            if rule.check is not None:
+                rule.check(module)
             return
         target = node.target
         if node.op == "call_function" and (
@@ -413,7 +546,15 @@ class TaskBatchedModel:
         x: Tensor,
         context: BatchedNormContext,
     ) -> Tensor:
-        """Logits ``(T, N, K)`` of inputs ``(T, N, ...)`` under per-task ``params``."""
+        """Logits ``(T, N, K)`` of inputs ``(T, N, ...)`` under per-task ``params``.
+
+        Modules see the pass's step and phase in the forward context, and inherit its
+        other fields (temperature, sub-network) from the caller's.
+        """
+        with forward_context(step=context.step, phase=context.phase):
+            return self._replay(params, x, context)
+
+    def _replay(self, params: Params, x: Tensor, context: BatchedNormContext) -> Tensor:
         tasks = x.shape[0]
         env: dict[fx.Node, Any] = {}
 
@@ -453,37 +594,9 @@ class TaskBatchedModel:
 
     def _module(self, name: str, x: Tensor, params: Params, context: BatchedNormContext) -> Tensor:
         module = self.modules[name]
-        if isinstance(module, nn.Conv2d):
-            weight = params[f"{name}.weight"]
-            tasks = weight.shape[0]
-            weight = channels_last(weight.reshape(-1, *weight.shape[2:]))
-            bias = params[f"{name}.bias"].reshape(-1) if module.bias is not None else None
-            return F.conv2d(
-                channels_last(x),
-                weight,
-                bias,
-                module.stride,
-                module.padding,
-                module.dilation,
-                module.groups * tasks,
-            )
-        if isinstance(module, nn.Linear):
-            if x.dim() != 2:
-                raise BatchingUnsupportedError(f"linear layer on a {x.dim()}-d input")
-            weight = params[f"{name}.weight"]
-            per_task = x.reshape(x.shape[0], weight.shape[0], -1).transpose(0, 1)
-            out = torch.bmm(per_task, weight.transpose(1, 2))
-            if module.bias is not None:
-                out = out + params[f"{name}.bias"].unsqueeze(1)
-            return out.transpose(0, 1).reshape(x.shape[0], -1)
-        if isinstance(module, MetaBatchNorm2d):
-            return _batch_norm(
-                module, name, x, params[f"{name}.weight"], params[f"{name}.bias"], context
-            )
-        if isinstance(module, nn.Flatten) and x.dim() > 2:
-            return x.flatten(1)
-        result: Tensor = module(x)
-        return result
+        rule = batched_module_rule(module)
+        assert rule is not None  # checked when traced
+        return rule.run(module, name, x, params, context)
 
     @staticmethod
     def _function(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -644,7 +757,11 @@ def batched_meta_gradients(
         state = optimizer.init({name: current[name] for name in adapt})
         for step in range(steps):
             context = BatchedNormContext(
-                step=step, use_running=norm_running[0], record=record, first_order=first_order
+                step=step,
+                use_running=norm_running[0],
+                record=record,
+                first_order=first_order,
+                phase="support",
             )
             logits = batched(current, support_x[g0:g1], context)
             loss = task_loss.per_task(logits, support_y[g0:g1]).sum()

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
+from metarch.models.context import Phase
 from metarch.models.norm import BatchNormContext, NormPolicy, RecordedStatistics, batch_norm_context
 
 __all__ = [
@@ -99,8 +100,9 @@ def _forward(
     buffers: Params,
     x: Tensor,
     context: BatchNormContext,
+    phase: Phase = "query",
 ) -> Tensor:
-    with batch_norm_context(context):
+    with batch_norm_context(context, phase):
         out: Tensor = functional_call(model, {**params, **buffers}, (x,))
     return out
 
@@ -153,7 +155,7 @@ def adapt_task(
         context = BatchNormContext(
             step=step, use_running=use_running, record=local, fused=fused_norm
         )
-        logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context)
+        logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context, "support")
         aux = (local.means, local.variances) if local is not None else ({}, {})
         return task_loss.loss(logits, support_y), aux
 

@@ -18,6 +18,7 @@ task's graph at once. All give the same meta-gradient (tested at second order).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -299,8 +300,17 @@ class MAML(MetaLearner):
             leaves = {n: p.detach().requires_grad_(p.requires_grad) for n, p in params.items()}
             shards.append((leaves, self.inner_optimizer.leaf_copies()))
         pool = _task_pool(threads)
+        # Each worker runs in a copy of this thread's context (forward context included).
         futures = [
-            pool.submit(self._batched_shard, batch, first, end, leaves, hyper)
+            pool.submit(
+                contextvars.copy_context().run,
+                self._batched_shard,
+                batch,
+                first,
+                end,
+                leaves,
+                hyper,
+            )
             for (first, end), (leaves, hyper) in zip(bounds, shards, strict=True)
         ]
         done = [future.result() for future in futures]  # re-raises a shard's error

@@ -28,12 +28,13 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from metarch.models.context import Phase, current_context, forward_context
 
 __all__ = [
     "BatchNormContext",
@@ -95,17 +96,20 @@ class BatchNormContext:
     fused: bool = False
 
 
-_CONTEXT: ContextVar[BatchNormContext | None] = ContextVar("metarch_bn", default=None)
-
-
 @contextlib.contextmanager
-def batch_norm_context(context: BatchNormContext) -> Iterator[BatchNormContext]:
-    """Make :class:`MetaBatchNorm2d` layers follow ``context`` in the enclosed block."""
-    token = _CONTEXT.set(context)
-    try:
+def batch_norm_context(
+    context: BatchNormContext, phase: Phase | None = None
+) -> Iterator[BatchNormContext]:
+    """Make :class:`MetaBatchNorm2d` layers follow ``context`` in the enclosed block.
+
+    Sets the forward context's ``norm`` and ``step`` (and ``phase`` if given); its other
+    fields (temperature, sub-network) are inherited from the enclosing block.
+    """
+    changes: dict[str, object] = {"norm": context, "step": context.step}
+    if phase is not None:
+        changes["phase"] = phase
+    with forward_context(**changes):
         yield context
-    finally:
-        _CONTEXT.reset(token)
 
 
 class MetaBatchNorm2d(nn.Module):
@@ -147,7 +151,7 @@ class MetaBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise ``x`` of shape ``(N, C, H, W)``."""
-        context = _CONTEXT.get()
+        context = current_context().norm
         if context is None:
             # Plain-module semantics: identical to nn.BatchNorm2d on slot 0.
             return F.batch_norm(
