@@ -167,12 +167,13 @@ def markdown(table: dict[str, Any]) -> str:
         "and matrix products, 2 per multiply-add.",
         "",
         "| config | task | accuracy % | input | params | MFLOPs/image | latency ms/image "
-        "| steps | train h | best val % (step) | last val % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steps | train h | best val % (step) | last val % | val gain, last quarter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in table["rows"]:
+    rows = sorted(table["rows"], key=lambda r: (r["config"].rsplit("-", 1)[1], r["config"]))
+    for row in rows:
         if "error" in row:
-            lines.append(f"| {row['config']} | error: {row['error']} |||||||||| ")
+            lines.append(f"| {row['config']} | error: {row['error']} |||||||||||")
             continue
         curve = row.get("validation") or []
         best = max(curve, key=lambda r: r["accuracy"]) if curve else None
@@ -184,7 +185,7 @@ def markdown(table: dict[str, Any]) -> str:
             f"| {row['config']} | {row['task']} | {row['accuracy']:.2f} ± {row['ci95']:.2f} "
             f"| {shape} | {row['parameters']:,} | {row['flops_per_image'] / 1e6:,.1f} "
             f"| {row['latency_ms']:.2f} | {row['steps']:,} | {hours:.2f} | {best_text} "
-            f"| {last_text} |"
+            f"| {last_text} | {last_quarter_gain(curve)} |"
         )
     lines += [
         "",
@@ -195,13 +196,56 @@ def markdown(table: dict[str, Any]) -> str:
         "| config | validation accuracy % by step |",
         "|---|---|",
     ]
-    for row in table["rows"]:
+    for row in rows:
         curve = row.get("validation") or []
         points = ", ".join(f"{r['step']:,}: {r['accuracy']:.1f}" for r in curve) or "-"
         lines.append(f"| {row['config']} | {points} |")
+    probe_path = TABLE.with_name("tiny_imagenet_fs_image_size.json")
+    if probe_path.exists():
+        lines += probe_markdown(json.loads(probe_path.read_text()))
     commands = table.get("commands") or [table.get("command", "")]
-    lines += ["", "Commands:", "", "```bash", *commands, "```", END]
+    lines += [
+        "",
+        "Commands (each with `OMP_NUM_THREADS=1`, two at a time on the two cores):",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        END,
+    ]
     return "\n".join(lines)
+
+
+def last_quarter_gain(curve: list[dict[str, float]]) -> str:
+    """Validation gain over the last quarter of training: whether a run had converged.
+
+    ``+2.1 (rising)`` when the gain exceeds the last validation's 95% CI, else ``flat``.
+    """
+    if len(curve) < 2:
+        return "-"
+    last = curve[-1]
+    threshold = 0.75 * last["step"]
+    earlier = [r for r in curve if r["step"] <= threshold] or curve[:1]
+    gain = last["accuracy"] - earlier[-1]["accuracy"]
+    verdict = "rising" if gain > last["ci95"] else "flat"
+    return f"{gain:+.1f} ({verdict})"
+
+
+def probe_markdown(probe: dict[str, Any]) -> list[str]:
+    """The image-size probe's table (the choice of 32x32 was made on validation classes)."""
+    lines = [
+        "",
+        f"Image size, chosen on validation classes: {probe['config']}; {probe['note']}.",
+        "",
+        "| image size | steps | seconds | validation accuracy % (5-way 1-shot) |",
+        "|---|---|---|---|",
+    ]
+    for row in probe["rows"]:
+        lines.append(
+            f"| {row['image_size']}x{row['image_size']} | {row['steps']} "
+            f"| {row['train_seconds']:.0f} | {row['val_accuracy']:.2f} ± {row['val_ci95']:.2f} |"
+        )
+    return lines
 
 
 def plot_curves(table: dict[str, Any], out: Path) -> None:
@@ -218,16 +262,14 @@ def plot_curves(table: dict[str, Any], out: Path) -> None:
     for row in table["rows"]:
         curve = row.get("validation") or []
         if curve:
-            axis.plot([r["step"] for r in curve], [r["accuracy"] for r in curve], marker=".")
-            axis.annotate(
-                row["config"].removeprefix("tiny-imagenet-fs-"),
-                (curve[-1]["step"], curve[-1]["accuracy"]),
-                fontsize=6,
-            )
+            label = row["config"].removeprefix("tiny-imagenet-fs-")
+            steps = [r["step"] for r in curve]
+            axis.plot(steps, [r["accuracy"] for r in curve], marker=".", label=label)
     axis.set_xlabel("meta-training step")
     axis.set_ylabel("validation accuracy %")
     axis.set_title("Tiny-ImageNet few-shot: validation during meta-training")
     axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
@@ -244,7 +286,9 @@ def write_markdown(target: Path, table_path: Path) -> None:
         text = head + section + rest.split(END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    target.write_text(text)
+    from metarch.utils.io import atomic_write_text
+
+    atomic_write_text(target, text)
     plot_curves(table, table_path.with_name(CURVES.name))
     print(f"updated {target} and {table_path.with_name(CURVES.name)}")
 
