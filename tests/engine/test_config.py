@@ -62,3 +62,24 @@ def test_distributed_backend_follows_the_tensors_not_the_machine(
     )
     distributed._initialise_from_environment()
     assert chosen == ["gloo"]
+
+
+def test_parameter_groups_take_their_own_outer_settings() -> None:
+    from metarch.engine.config import load_config
+
+    config = load_config(
+        None,
+        [
+            "optimizer.lr=0.001",
+            "optimizer.schedule=cosine",
+            "optimizer.groups={inner_optimizer: {lr: 0.0001, weight_decay: 0.1}}",
+        ],
+    )
+    group = config.optimizer.for_group("inner_optimizer")
+    assert (group.lr, group.weight_decay, group.schedule) == (0.0001, 0.1, "cosine")
+    assert config.optimizer.for_group("weights") is config.optimizer
+    assert group.learning_rate(50, 100) == pytest.approx(0.00005)
+    with pytest.raises(ConfigError, match=r"optimizer.groups.weights.lr_final: 0.1 is above"):
+        load_config(None, ["optimizer.groups={weights: {lr_final: 0.1}}"])
+    with pytest.raises(ConfigError, match=r"optimizer.groups.weights.rate: unknown key"):
+        load_config(None, ["optimizer.groups={weights: {rate: 0.1}}"])

@@ -282,3 +282,25 @@ def test_shipped_configs_are_valid(path: Path) -> None:
             assert config.episodes.ways >= ways
         else:
             assert config.validation_episode.ways == ways
+
+
+def test_parameter_groups_train_with_their_own_rates_and_resume(
+    tmp_path: Path, data_root: Path
+) -> None:
+    """Meta-SGD's learned rates meta-learned 10x slower than the weights, by config."""
+    groups = {"groups": {"inner_optimizer": {"lr": 0.0001}}}
+    config = write_config(tmp_path / "c.yaml", "maml", optimizer={"lr": 0.001, **groups}, steps=4)
+    data = yaml.safe_load(config.read_text())
+    data["method"] = {"name": "metasgd", "options": {"inner_lr": 0.1, "steps": 1}}
+    config.write_text(yaml.safe_dump(data))
+    trainer = Trainer(load_config(config), tmp_path / "full", data_root=data_root)
+    lrs = {g["group"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs == {"weights": 0.001, "inner_optimizer": 0.0001}
+    trainer.run()
+    train(config, tmp_path / "split", data_root, "steps=2")
+    train(config, tmp_path / "split", data_root, resume=True)
+    full, split = final_tensors(tmp_path / "full"), final_tensors(tmp_path / "split")
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+    with pytest.raises(TrainingError, match="no parameter group 'architecture'; its groups"):
+        train(config, tmp_path / "bad", data_root, "optimizer.groups={architecture: {lr: 0.1}}")

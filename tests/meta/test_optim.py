@@ -282,3 +282,56 @@ def test_registry_builds_every_rule_the_same_way() -> None:
         apply_updates({"a": torch.ones(1), "b": torch.ones(1)}, {"a": torch.ones(1)})["b"].item()
         == 1.0
     )
+
+
+class ArchitectureNet(torch.nn.Module):
+    """A tiny classifier with one architecture parameter (mixing two candidate layers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 3)
+        self.b = torch.nn.Linear(4, 3)
+        self.alpha = torch.nn.Parameter(torch.zeros(2))
+
+    def parameter_group(self, name: str) -> str:
+        return "architecture" if name == "alpha" else "weights"
+
+    def forward(self, x: Tensor) -> Tensor:
+        mix = torch.softmax(self.alpha, 0)
+        out: Tensor = mix[0] * self.a(x.flatten(1)) + mix[1] * self.b(x.flatten(1))
+        return out
+
+
+def test_maml_gives_each_parameter_group_its_inner_optimizer() -> None:
+    from metarch.meta import MAML
+    from metarch.models.groups import model_parameter_groups
+
+    model = ArchitectureNet()
+    assert model_parameter_groups(model) == {
+        "weights": ["a.weight", "a.bias", "b.weight", "b.bias"],
+        "architecture": ["alpha"],
+    }
+    learner = MAML(
+        model,
+        inner_lr=0.1,
+        steps=2,
+        inner_optimizer={"weights": "sgd", "architecture": {"name": "adam", "lr": 0.03}},
+        batching="loop",
+    )
+    assert isinstance(learner.inner_optimizer, Partition)
+    support_x, support_y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.ones_like(p) for n, p in params.items()}
+    new, _ = learner.inner_optimizer.step(
+        params, grads, learner.inner_optimizer.init(params), step=0
+    )
+    torch.testing.assert_close(new["a.weight"], params["a.weight"] - 0.1)  # SGD, rate 0.1
+    torch.testing.assert_close(new["alpha"], params["alpha"] - 0.03, rtol=0, atol=1e-6)  # Adam
+    groups = learner.parameter_groups()
+    assert [len(groups[g]) for g in ("weights", "architecture")] == [4, 1]
+    predict = learner.adapt(support_x, support_y)
+    assert predict(support_x).shape == (6, 3)
+    with pytest.raises(ValueError, match="no rule for parameter group"):
+        MAML(ArchitectureNet(), inner_optimizer={"weights": "sgd"})
+    with pytest.raises(ValueError, match="lr_mode and inner_optimizer both"):
+        MAML(ArchitectureNet(), inner_optimizer="adam", lr_mode="per_parameter")

@@ -30,6 +30,7 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "EpisodeConfig",
+    "GroupSettings",
     "MethodConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -130,6 +131,20 @@ class ModelConfig(_Strict):
     channels_last: bool = False
 
 
+class GroupSettings(_Strict):
+    """Outer-optimizer settings of one parameter group; unset keys take the global ones.
+
+    Attributes are those of :class:`OptimizerConfig` of the same names.
+    """
+
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["step", "linear", "cosine"] | None = None
+    lr_decay_every: int | None = Field(None, ge=0)
+    lr_decay: float | None = Field(None, gt=0, le=1)
+    lr_final: float | None = Field(None, ge=0)
+
+
 class OptimizerConfig(_Strict):
     """Outer (meta) optimizer and its learning-rate schedule.
 
@@ -145,6 +160,9 @@ class OptimizerConfig(_Strict):
         lr_decay: With ``step``: factor of each decay.
         lr_final: With ``linear`` or ``cosine``: the rate the last step would reach.
         grad_clip: Clip the meta-gradient norm to this value (0: no clipping).
+        groups: Settings of some parameter groups (``weights``, ``architecture``,
+            ``inner_optimizer``; see ``MetaLearner.parameter_groups``) that differ from the
+            ones above, e.g. ``{inner_optimizer: {lr: 0.0001}}``.
     """
 
     name: Literal["adam", "sgd"] = "adam"
@@ -155,6 +173,28 @@ class OptimizerConfig(_Strict):
     lr_decay: float = Field(0.5, gt=0, le=1)
     lr_final: float = Field(0.0, ge=0)
     grad_clip: float = Field(0.0, ge=0)
+    groups: dict[str, GroupSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> OptimizerConfig:
+        for name in self.groups:
+            try:
+                self.for_group(name)
+            except ValueError as exc:
+                message = str(exc).replace("optimizer.", f"optimizer.groups.{name}.")
+                raise ValueError(message) from None
+        return self
+
+    def for_group(self, name: str | None) -> OptimizerConfig:
+        """The settings of parameter group ``name``: the global ones with its overrides."""
+        if name is None or name not in self.groups:
+            return self
+        overrides = self.groups[name].model_dump(exclude_none=True)
+        merged = {**self.model_dump(exclude={"groups"}), **overrides}
+        try:
+            return OptimizerConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(_format_errors(exc, prefix=f"optimizer.groups.{name}")) from None
 
     @model_validator(mode="after")
     def _check_schedule(self) -> OptimizerConfig:

@@ -150,13 +150,39 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         settings = self.config.optimizer
-        parameters = list(self.learner.meta_parameters())
+        if settings.groups:
+            groups = self.learner.parameter_groups()
+            unknown = sorted(set(settings.groups) - set(groups))
+            if unknown:
+                raise TrainingError(
+                    f"optimizer.groups: this learner has no parameter group "
+                    f"{', '.join(map(repr, unknown))}; its groups: {', '.join(groups)}"
+                )
+            param_groups: list[dict[str, Any]] = [
+                {
+                    "params": params,
+                    "group": name,
+                    "lr": settings.for_group(name).lr,
+                    "weight_decay": settings.for_group(name).weight_decay,
+                }
+                for name, params in groups.items()
+            ]
+        else:
+            # One group, as runs saved before groups existed have it: they still resume.
+            param_groups = [
+                {
+                    "params": list(self.learner.meta_parameters()),
+                    "lr": settings.lr,
+                    "weight_decay": settings.weight_decay,
+                }
+            ]
         if settings.name == "sgd":
-            return torch.optim.SGD(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-        return torch.optim.Adam(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+            return torch.optim.SGD(param_groups, lr=settings.lr)
+        return torch.optim.Adam(param_groups, lr=settings.lr)
 
-    def _learning_rate(self, step: int) -> float:
-        return self.config.optimizer.learning_rate(step, self.config.steps)
+    def _learning_rate(self, step: int, group: str | None = None) -> float:
+        settings = self.config.optimizer.for_group(group)
+        return settings.learning_rate(step, self.config.steps)
 
     def _start_fresh(self) -> None:
         if not self.group.is_main:
@@ -261,7 +287,7 @@ class Trainer:
         try:
             for step in range(self.start_step, config.steps):
                 for param_group in self.optimizer.param_groups:
-                    param_group["lr"] = self._learning_rate(step)
+                    param_group["lr"] = self._learning_rate(step, param_group.get("group"))
                 start = step * config.meta_batch + first_task
                 batch = self.sampler.tasks(range(start, start + local_tasks))
                 self.optimizer.zero_grad(set_to_none=True)

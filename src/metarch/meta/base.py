@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from metarch.data.episodes import EpisodeBatch
 from metarch.meta.test_time import adapt_task_with
+from metarch.models.groups import WEIGHTS, group_of
 from metarch.registry import Registry
 
 if TYPE_CHECKING:
@@ -101,6 +102,29 @@ class MetaLearner(nn.Module, ABC):
     def meta_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the outer optimizer updates (all parameters by default)."""
         return self.parameters()
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The meta-parameters by group; a config may give each its own outer settings.
+
+        See ``optimizer.groups`` in the config. Groups: the model's own (``weights``,
+        ``architecture``; see :mod:`metarch.models.groups`), ``inner_optimizer`` for
+        learned inner-loop hyper-parameters (Meta-SGD's rates), and ``weights`` for
+        anything else the learner owns.
+        """
+        model = getattr(self, "model", None)
+        groups: dict[str, list[nn.Parameter]] = {}
+        meta = {id(p) for p in self.meta_parameters()}
+        for name, parameter in self.named_parameters():
+            if id(parameter) not in meta:
+                continue
+            if isinstance(model, nn.Module) and name.startswith("model."):
+                group = group_of(model, name.removeprefix("model."))
+            elif name.startswith("inner_optimizer."):
+                group = "inner_optimizer"
+            else:
+                group = WEIGHTS
+            groups.setdefault(group, []).append(parameter)
+        return groups
 
     @abstractmethod
     def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:

@@ -44,7 +44,8 @@ from metarch.meta.functional import (
     run_task,
 )
 from metarch.meta.losses import TASK_LOSSES
-from metarch.meta.optim import Hyper, build_inner_optimizer
+from metarch.meta.optim import Hyper, InnerOptimizer, Partition, build_inner_optimizer
+from metarch.models.groups import group_of
 from metarch.models.norm import (
     BatchNormContext,
     NormPolicy,
@@ -61,6 +62,31 @@ Batching = Literal["auto", "vmap", "loop", "batched"]
 
 # lr_mode -> the inner optimizer (metarch.meta.optim) it names.
 _LR_MODES = {"fixed": "sgd", "per_parameter": "meta_sgd", "per_layer_step": "per_layer_step"}
+
+
+def _grouped_inner_optimizer(
+    spec: str | Mapping[str, str | Mapping[str, Any]],
+    model: nn.Module,
+    adapted: Mapping[str, Tensor],
+    lr: float,
+    steps: int,
+) -> InnerOptimizer:
+    """One inner optimizer, or one per parameter group routed by the model's groups."""
+    if isinstance(spec, str):
+        return build_inner_optimizer(spec, adapted, lr, steps)
+    groups = {name: group_of(model, name) for name in adapted}
+    missing = sorted(set(groups.values()) - set(spec))
+    if missing:
+        raise ValueError(
+            f"inner_optimizer names no rule for parameter group(s) {', '.join(missing)} "
+            f"(groups of the adapted parameters: {', '.join(sorted(set(groups.values())))})"
+        )
+    rules: dict[str, InnerOptimizer] = {}
+    for group, rule in spec.items():
+        name, group_lr = (rule, lr) if isinstance(rule, str) else (rule["name"], rule.get("lr", lr))
+        members = {n: p for n, p in adapted.items() if groups[n] == group}
+        rules[group] = build_inner_optimizer(name, members, float(group_lr), steps)
+    return Partition(rules, groups.__getitem__)
 
 
 def _rename_old_rates(
@@ -101,6 +127,10 @@ class MAML(MetaLearner):
         loss: The task loss by name (:data:`~metarch.meta.losses.TASK_LOSSES`):
             ``cross_entropy`` (classification) or ``mse`` (regression, as the sinusoid
             tasks of the MAML paper).
+        inner_optimizer: The inner update rule by name
+            (:data:`~metarch.meta.optim.INNER_OPTIMIZERS`), or one per parameter group
+            (``{weights: sgd, architecture: {name: adam, lr: 0.003}}``; the groups come
+            from the model, see :mod:`metarch.models.groups`). Default: from ``lr_mode``.
 
     With ``"batched"``, the first meta-gradient also tunes glibc's allocator to keep
     freed memory (see :func:`~metarch.meta.batched.retain_freed_memory`).
@@ -123,6 +153,7 @@ class MAML(MetaLearner):
         query_chunk: int = 2,
         task_threads: int | None = None,
         loss: str = "cross_entropy",
+        inner_optimizer: str | dict[str, str | dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.task_loss = TASK_LOSSES.get(loss)
@@ -160,9 +191,19 @@ class MAML(MetaLearner):
         adapted = {name: p for name, p in model.named_parameters() if name in self.adapt_names}
         if lr_mode not in _LR_MODES:
             raise ValueError(f"lr_mode must be one of {', '.join(_LR_MODES)}, got {lr_mode!r}")
-        self.inner_optimizer = build_inner_optimizer(
-            _LR_MODES[lr_mode], adapted, inner_lr, max(steps, self.eval_config.steps)
-        )
+        inner_steps = max(steps, self.eval_config.steps)
+        if inner_optimizer is None:
+            self.inner_optimizer = build_inner_optimizer(
+                _LR_MODES[lr_mode], adapted, inner_lr, inner_steps
+            )
+        elif lr_mode != "fixed":
+            raise ValueError(
+                "lr_mode and inner_optimizer both choose the inner update rule; set one of them"
+            )
+        else:
+            self.inner_optimizer = _grouped_inner_optimizer(
+                inner_optimizer, model, adapted, inner_lr, inner_steps
+            )
         # Runs saved before inner optimizers kept learnable rates under "rates.rates.".
         self.register_load_state_dict_pre_hook(_rename_old_rates)
         self.batching: Batching = batching
