@@ -45,6 +45,28 @@ def metarch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
+def train_or_resume(
+    config: Path, run: Path, data: list[str], overrides: list[str]
+) -> tuple[float, str | None]:
+    """Train ``config`` into ``run`` from the CLI, resuming a run already there.
+
+    Returns:
+        ``(seconds, error)``: the time this call took, and the last line of the error
+        output if training failed (else ``None``).
+    """
+    train = ["train", "--config", str(config), "--out", str(run), *data]
+    for override in overrides:
+        train += ["--set", override]
+    if (run / "last.json").exists():
+        train.append("--resume")
+    started = time.perf_counter()
+    trained = metarch(*train)
+    seconds = time.perf_counter() - started
+    if trained.returncode != 0:
+        return seconds, (trained.stderr.strip().splitlines()[-1:] or ["failed"])[0]
+    return seconds, None
+
+
 Task = tuple[int, int, bool]
 #: Tasks every way-agnostic model (no classifier head, e.g. prototypical networks) is also
 #: tested on: one model serves them all.
@@ -128,17 +150,9 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for path in paths:
         run = Path(args.runs) / path.stem
-        train = ["train", "--config", str(path), "--out", str(run), *data]
-        for override in args.overrides:
-            train += ["--set", override]
-        if (run / "last.json").exists():
-            train.append("--resume")
-        started = time.perf_counter()
-        trained = metarch(*train)
-        seconds = time.perf_counter() - started
-        if trained.returncode != 0:
-            error = trained.stderr.strip().splitlines()[-1:] or ["failed"]
-            rows.append({"config": path.stem, "run": str(run), "error": error[0]})
+        seconds, error = train_or_resume(path, run, data, args.overrides)
+        if error is not None:
+            rows.append({"config": path.stem, "run": str(run), "error": error})
             continue
         common = {
             "config": path.stem,

@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot import merge_rows, metarch, total_train_seconds  # noqa: E402 (scripts, not a package)
+from omniglot import merge_rows, metarch, total_train_seconds, train_or_resume  # noqa: E402 (scripts, not a package)
 from report import command_line, write_report  # noqa: E402
 
 TEST_SET = "tiny_imagenet_fs_background:test"
@@ -105,17 +104,9 @@ def run_configs(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     for path in paths:
         run = Path(args.runs) / path.stem
-        train = ["train", "--config", str(path), "--out", str(run), *data]
-        for override in args.overrides:
-            train += ["--set", override]
-        if (run / "last.json").exists():
-            train.append("--resume")
-        started = time.perf_counter()
-        trained = metarch(*train)
-        seconds = time.perf_counter() - started
-        if trained.returncode != 0:
-            error = trained.stderr.strip().splitlines()[-1:] or ["failed"]
-            rows.append({"config": path.stem, "run": str(run), "error": error[0]})
+        seconds, error = train_or_resume(path, run, data, args.overrides)
+        if error is not None:
+            rows.append({"config": path.stem, "run": str(run), "error": error})
             continue
         shots = shots_of(path.stem)
         rows.append(

@@ -3,22 +3,15 @@ each run had converged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks import load_script
 
 
 def _load_script() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("tif_table", BENCHMARKS / "tiny_imagenet_fs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tiny_imagenet_fs")
 
 
 def row(config: str, accuracy: float, curve: list[tuple[int, float]]) -> dict[str, object]:
