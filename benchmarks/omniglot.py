@@ -45,6 +45,12 @@ def metarch(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
+def shipped_configs(pattern: str, names: list[str] | None) -> list[Path]:
+    """The configs under ``configs/`` matching ``pattern``, only those ``names`` if given."""
+    paths = sorted((ROOT / "configs").glob(pattern))
+    return [p for p in paths if p.stem in set(names)] if names else paths
+
+
 def train_or_resume(
     config: Path, run: Path, data: list[str], overrides: list[str]
 ) -> tuple[float, str | None]:
@@ -143,9 +149,7 @@ def main() -> None:
     parser.add_argument("--merge-into", default=None, help="an existing table to fold rows into")
     args = parser.parse_args()
 
-    paths = sorted((ROOT / "configs").glob("omniglot-*.yaml"))
-    if args.configs:
-        paths = [p for p in paths if p.stem in set(args.configs)]
+    paths = shipped_configs("omniglot-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
     rows: list[dict[str, Any]] = []
     for path in paths:

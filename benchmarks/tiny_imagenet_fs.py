@@ -31,7 +31,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot import merge_rows, metarch, total_train_seconds, train_or_resume  # noqa: E402 (scripts, not a package)
+from omniglot import (  # noqa: E402 (benchmarks are scripts, not a package)
+    merge_rows,
+    metarch,
+    shipped_configs,
+    total_train_seconds,
+    train_or_resume,
+)
 from report import command_line, write_report  # noqa: E402
 
 TEST_SET = "tiny_imagenet_fs_background:test"
@@ -97,9 +103,7 @@ def evaluate(run: Path, shots: int, data: list[str], episodes: int) -> dict[str,
 
 
 def run_configs(args: argparse.Namespace) -> None:
-    paths = sorted((ROOT / "configs").glob("tiny-imagenet-fs-*.yaml"))
-    if args.configs:
-        paths = [p for p in paths if p.stem in set(args.configs)]
+    paths = shipped_configs("tiny-imagenet-fs-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
     rows: list[dict[str, Any]] = []
     for path in paths:
