@@ -131,7 +131,7 @@ def test_anil_never_changes_the_body_in_the_inner_loop() -> None:
         optimizer=learner.inner_optimizer,
         config=learner.config,
         training=True,
-    )
+    ).trajectory
     for step_params in trajectory[1:]:
         for name, value in step_params.items():
             if name.startswith("head."):

@@ -32,21 +32,23 @@ float64); in float32 it is as accurate as the loop's (batch-norm statistics are 
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import ctypes.util
 import logging
 import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
-from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
+from metarch.meta.optim import Hyper, InnerOptimizer, OptState, apply_updates
 from metarch.models.context import Phase, forward_context
 from metarch.models.norm import MetaBatchNorm2d, RecordedStatistics
 
@@ -57,6 +59,7 @@ __all__ = [
     "BatchingUnsupportedError",
     "TaskBatchedModel",
     "accumulate_statistics",
+    "batched_adapt",
     "batched_meta_gradients",
     "batched_module_rule",
     "channels_last",
@@ -64,6 +67,7 @@ __all__ = [
     "register_batched_function",
     "register_batched_module",
     "retain_freed_memory",
+    "run_task_shards",
     "stack_for_tasks",
     "to_grouped",
 ]
@@ -685,9 +689,129 @@ def accumulate_statistics(
             total.variances[key] = total.variances[key] + part.variances[key] * share
 
 
+_T = TypeVar("_T")
+_TASK_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _task_pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` threads with one intra-op thread each.
+
+    Kept for the life of the process: the same threads serve every meta-iteration, so
+    their allocator arenas and oneDNN caches are reused instead of grown anew.
+    """
+    if threads not in _TASK_POOLS:
+        _TASK_POOLS[threads] = ThreadPoolExecutor(
+            threads,
+            thread_name_prefix="metarch-tasks",
+            initializer=torch.set_num_threads,
+            initargs=(1,),
+        )
+    return _TASK_POOLS[threads]
+
+
+def run_task_shards(
+    tasks: int, threads: int, work: Callable[[int, int], _T]
+) -> list[tuple[int, int, _T]]:
+    """``work(first, end)`` on ``threads`` contiguous shards of ``tasks`` tasks, in parallel.
+
+    Small CPU convolutions scale poorly over intra-op threads; independent tasks scale
+    well. Each shard runs in its own thread (one intra-op thread each) in a copy of the
+    caller's context (the forward context included). Results come back in shard order,
+    so a caller that sums them in that order gets a result independent of thread timing.
+    With one shard the work runs in the calling thread.
+
+    Returns:
+        ``(first, end, result)`` per shard.
+    """
+    threads = max(1, min(threads, tasks))
+    bounds = [(i * tasks // threads, (i + 1) * tasks // threads) for i in range(threads)]
+    if threads == 1:
+        return [(0, tasks, work(0, tasks))]
+    pool = _task_pool(threads)
+    futures = [
+        pool.submit(contextvars.copy_context().run, work, first, end) for first, end in bounds
+    ]
+    return [(first, end, f.result()) for (first, end), f in zip(bounds, futures, strict=True)]
+
+
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, total, max(size, 1)):
         yield start, min(total, start + max(size, 1))
+
+
+def batched_adapt(
+    batched: TaskBatchedModel,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    adapt: Sequence[str],
+    optimizer: InnerOptimizer,
+    state: OptState,
+    hyper: Hyper | None,
+    steps: int,
+    first_order: bool,
+    use_running: bool,
+    record: RecordedStatistics | None,
+    task_loss: TaskLoss,
+    batches: Sequence[Tensor | None] | None = None,
+) -> tuple[list[Params], OptState]:
+    """The inner loop of ``T`` tasks at once: the task-batched :func:`adapt_task`.
+
+    Args:
+        batched: The traced model.
+        params: Per-task parameters ``(T, *shape)`` (see :func:`stack_for_tasks`).
+        x: Support inputs ``(T, N, ...)``.
+        y: Support targets ``(T, N, ...)``.
+        adapt: Names of the parameters the inner loop changes.
+        optimizer: The inner update rule (elementwise: tasks are stacked in its tensors).
+        state: Its starting state, for the stacked parameters.
+        hyper: The optimizer's learnable hyper-parameters (default: its own).
+        steps: Inner steps.
+        first_order: Detach inner gradients (else keep the graph for second order).
+        use_running: Normalise with running statistics.
+        record: Where batch norm records batch statistics (averaged over tasks).
+        task_loss: The task's loss.
+        batches: Per step, the indices ``(T, B)`` of each task's examples it trains on
+            (``None`` for a step on all of them; default: all of them every step).
+
+    Returns:
+        The stacked parameters after every step (``[params, ...]``) and the final state.
+    """
+    trajectory = [params]
+    current = params
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    for step in range(steps):
+        index = None if batches is None else batches[step]
+        step_x, step_y = (x, y) if index is None else (x[rows, index], y[rows, index])
+        context = BatchedNormContext(
+            step=step,
+            use_running=use_running,
+            record=record,
+            first_order=first_order,
+            phase="support",
+        )
+        logits = batched(current, step_x, context)
+        loss = task_loss.per_task(logits, step_y).sum()
+        names = [n for n in adapt if current[n].requires_grad]
+        # A parameter the forward does not use gets a zero gradient, not an error.
+        grads = torch.autograd.grad(
+            loss,
+            [current[n] for n in names],
+            create_graph=not first_order,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        updates, state = optimizer.update(
+            dict(zip(names, grads, strict=True)),
+            state,
+            {name: current[name] for name in names},
+            step=step,
+            hyper=hyper,
+        )
+        current = apply_updates(current, updates)
+        trajectory.append(current)
+    return trajectory, state
 
 
 def batched_meta_gradients(
@@ -753,36 +877,21 @@ def batched_meta_gradients(
         group = g1 - g0
         record = RecordedStatistics() if record_statistics else None
         current = {name: stack_for_tasks(p, group) for name, p in params.items()}
-        trajectory = [current]
-        state = optimizer.init({name: current[name] for name in adapt})
-        for step in range(steps):
-            context = BatchedNormContext(
-                step=step,
-                use_running=norm_running[0],
-                record=record,
-                first_order=first_order,
-                phase="support",
-            )
-            logits = batched(current, support_x[g0:g1], context)
-            loss = task_loss.per_task(logits, support_y[g0:g1]).sum()
-            names = [n for n in adapt if current[n].requires_grad]
-            # A parameter the forward does not use gets a zero gradient, not an error.
-            grads = torch.autograd.grad(
-                loss,
-                [current[n] for n in names],
-                create_graph=not first_order,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-            updates, state = optimizer.update(
-                dict(zip(names, grads, strict=True)),
-                state,
-                {name: current[name] for name in names},
-                step=step,
-                hyper=hyper,
-            )
-            current = apply_updates(current, updates)
-            trajectory.append(current)
+        trajectory, _ = batched_adapt(
+            batched,
+            current,
+            support_x[g0:g1],
+            support_y[g0:g1],
+            adapt=adapt,
+            optimizer=optimizer,
+            state=optimizer.init({name: current[name] for name in adapt}),
+            hyper=hyper,
+            steps=steps,
+            first_order=first_order,
+            use_running=norm_running[0],
+            record=record,
+            task_loss=task_loss,
+        )
         # Query passes in chunks: gradients w.r.t. the adapted weights, graph freed per chunk.
         outputs: list[Tensor] = []
         output_grads: list[Tensor] = []

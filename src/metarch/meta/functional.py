@@ -12,6 +12,10 @@ same code therefore runs for one task in a Python loop and for a whole meta-batc
 
 Only the parameters named in ``adapt`` change in the inner loop (all of them for MAML, the
 head for ANIL); the rest are read, and still receive meta-gradients through the forward.
+
+Every gradient-based learner adapts through :func:`adapt_task`: MAML and its variants
+differentiate through it, Reptile runs it first order on mini-batches with an inner Adam
+state carried over from earlier tasks (``state``, ``batches``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
-from metarch.meta.optim import Hyper, InnerOptimizer, apply_updates
+from metarch.meta.optim import Hyper, InnerOptimizer, OptState, apply_updates
 from metarch.models.context import Phase
-from metarch.models.norm import BatchNormContext, NormPolicy, RecordedStatistics, batch_norm_context
+from metarch.models.norm import (
+    BatchNormContext,
+    NormPolicy,
+    RecordedStatistics,
+    batch_norm_context,
+    fold_statistics,
+)
 
 __all__ = [
+    "Adaptation",
     "InnerLoopConfig",
     "Params",
     "TaskResult",
@@ -91,7 +102,31 @@ class TaskResult:
     statistics: RecordedStatistics = field(default_factory=RecordedStatistics)
 
 
+@dataclass
+class Adaptation:
+    """What the inner loop did to one task.
+
+    Attributes:
+        trajectory: ``[params, params after step 1, ..., params after step S]``.
+        state: The inner optimizer's state after the last step.
+        buffers: The buffers the query pass should use: the task's own running statistics
+            under :attr:`~metarch.models.norm.NormPolicy.TASK` at evaluation, else the
+            buffers given.
+    """
+
+    trajectory: list[Params]
+    state: OptState
+    buffers: Params
+
+    @property
+    def params(self) -> Params:
+        """The parameters after the last step."""
+        return self.trajectory[-1]
+
+
 _CROSS_ENTROPY = TASK_LOSSES.get("cross_entropy")
+#: Indices of the support examples each inner step trains on (``slice(None)``: all).
+StepBatch = Tensor | slice
 
 
 def _forward(
@@ -122,8 +157,10 @@ def adapt_task(
     record: RecordedStatistics | None = None,
     task_loss: TaskLoss = _CROSS_ENTROPY,
     fused_norm: bool = False,
-) -> list[Params]:
-    """Adapt ``params`` to one support set; return the parameters after every step.
+    state: OptState | None = None,
+    batches: Sequence[StepBatch] | None = None,
+) -> Adaptation:
+    """Adapt ``params`` to one support set: the parameters after every step, and more.
 
     Args:
         model: Module whose forward is called functionally.
@@ -140,42 +177,54 @@ def adapt_task(
         task_loss: The task's loss (:data:`~metarch.meta.losses.TASK_LOSSES`).
         fused_norm: Fused batch-norm kernels (faster; never under ``vmap``, see
             :class:`~metarch.models.norm.BatchNormContext`).
+        state: The inner optimizer's starting state (default: ``optimizer.init``), e.g.
+            Reptile's carried Adam moments.
+        batches: The support examples of each step (default: all of them every step).
 
     Returns:
-        ``[params, params after step 1, ..., params after step S]``.
+        The trajectory, the optimizer's final state and the buffers for the query pass.
     """
+    if batches is not None and len(batches) != config.steps:
+        raise ValueError(f"need {config.steps} step batches, got {len(batches)}")
     use_running = config.norm_policy.uses_running_statistics(inner=True, training=training)
+    # Under the task policy an evaluated task keeps running statistics of its own.
+    fold = config.norm_policy is NormPolicy.TASK and not training
 
     def support_loss(
-        adapted: Params, frozen: Params, step: int
+        adapted: Params, frozen: Params, step: int, x: Tensor, y: Tensor, task_buffers: Params
     ) -> tuple[Tensor, tuple[dict[str, Tensor], dict[str, Tensor]]]:
         # Statistics leave the grad transform as its auxiliary output; stored from inside
         # it they would be tensors escaping the transform.
-        local = RecordedStatistics() if record is not None else None
+        local = RecordedStatistics() if record is not None or fold else None
         context = BatchNormContext(
             step=step, use_running=use_running, record=local, fused=fused_norm
         )
-        logits = _forward(model, {**frozen, **adapted}, buffers, support_x, context, "support")
+        logits = _forward(model, {**frozen, **adapted}, task_buffers, x, context, "support")
         aux = (local.means, local.variances) if local is not None else ({}, {})
-        return task_loss.loss(logits, support_y), aux
+        return task_loss.loss(logits, y), aux
 
     support_grad = torch.func.grad(support_loss, has_aux=True)
     trajectory = [params]
     current = params
-    state = optimizer.init({name: params[name] for name in adapt})
+    if state is None:
+        state = optimizer.init({name: params[name] for name in adapt})
     for step in range(config.steps):
         adapted = {name: current[name] for name in adapt}
         frozen = {name: value for name, value in current.items() if name not in adapted}
-        grads, (means, variances) = support_grad(adapted, frozen, step)
+        index = slice(None) if batches is None else batches[step]
+        x, y = support_x[index], support_y[index]
+        grads, (means, variances) = support_grad(adapted, frozen, step, x, y, buffers)
         if record is not None:
             record.means.update(means)
             record.variances.update(variances)
+        if fold:
+            buffers = fold_statistics(model, buffers, RecordedStatistics(means, variances))
         if config.first_order:
             grads = {name: g.detach() for name, g in grads.items()}
         updates, state = optimizer.update(grads, state, adapted, step=step, hyper=hyper)
         current = apply_updates(current, updates)
         trajectory.append(current)
-    return trajectory
+    return Adaptation(trajectory, state, buffers)
 
 
 def run_task(
@@ -205,7 +254,7 @@ def run_task(
         recorded along the way.
     """
     record = RecordedStatistics() if record_statistics else None
-    trajectory = adapt_task(
+    adaptation = adapt_task(
         model,
         params,
         buffers,
@@ -220,6 +269,7 @@ def run_task(
         task_loss=task_loss,
         fused_norm=fused_norm,
     )
+    trajectory, buffers = adaptation.trajectory, adaptation.buffers
     use_running = config.norm_policy.uses_running_statistics(inner=False, training=training)
     weights = config.query_weights()
     # Query losses are only computed where they are weighted (always after the last step).

@@ -18,10 +18,8 @@ task's graph at once. All give the same meta-gradient (tested at second order).
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -35,6 +33,7 @@ from metarch.meta.batched import (
     accumulate_statistics,
     batched_meta_gradients,
     retain_freed_memory,
+    run_task_shards,
 )
 from metarch.meta.functional import (
     InnerLoopConfig,
@@ -333,38 +332,30 @@ class MAML(MetaLearner):
     def _batched_in_threads(self, batch: TaskBatch, params: Params, threads: int) -> BatchedResult:
         """Shards of tasks in parallel threads; their gradients summed in shard order."""
         tasks = batch.num_tasks
-        bounds = [(i * tasks // threads, (i + 1) * tasks // threads) for i in range(threads)]
-        # Every shard accumulates into leaves of its own, so no two threads touch one .grad
-        # and the sum below has one order: the result does not depend on thread timing.
-        shards = []
-        for _ in bounds:
+
+        def shard(first: int, end: int) -> tuple[BatchedResult, Params, Params]:
+            # Every shard accumulates into leaves of its own, so no two threads touch one
+            # .grad and the sums below have one order, whatever the thread timing.
             leaves = {n: p.detach().requires_grad_(p.requires_grad) for n, p in params.items()}
-            shards.append((leaves, self.inner_optimizer.leaf_copies()))
-        pool = _task_pool(threads)
-        # Each worker runs in a copy of this thread's context (forward context included).
-        futures = [
-            pool.submit(
-                contextvars.copy_context().run,
-                self._batched_shard,
-                batch,
-                first,
-                end,
-                leaves,
-                hyper,
-            )
-            for (first, end), (leaves, hyper) in zip(bounds, shards, strict=True)
-        ]
-        done = [future.result() for future in futures]  # re-raises a shard's error
-        shares = [(end - first) / tasks for first, end in bounds]
-        _add_shard_gradients(params, [leaves for leaves, _ in shards], shares)
+            hyper = self.inner_optimizer.leaf_copies()
+            return self._batched_shard(batch, first, end, leaves, hyper), leaves, hyper
+
+        done = run_task_shards(tasks, threads, shard)
+        shares = [(end - first) / tasks for first, end, _ in done]
+        _add_shard_gradients(params, [leaves for _, _, (_, leaves, _) in done], shares)
         _add_shard_gradients(
-            dict(self.inner_optimizer.named_parameters()), [hyper for _, hyper in shards], shares
+            dict(self.inner_optimizer.named_parameters()),
+            [hyper for _, _, (_, _, hyper) in done],
+            shares,
         )
         statistics = RecordedStatistics()
-        for index, (result, share) in enumerate(zip(done, shares, strict=True)):
-            accumulate_statistics(statistics, result.statistics, share, first=index == 0)
+        for index, (_, _, (result, _, _)) in enumerate(done):
+            accumulate_statistics(statistics, result.statistics, shares[index], first=index == 0)
+        results = [result for _, _, (result, _, _) in done]
         return BatchedResult(
-            torch.cat([r.losses for r in done]), torch.cat([r.accuracies for r in done]), statistics
+            torch.cat([r.losses for r in results]),
+            torch.cat([r.accuracies for r in results]),
+            statistics,
         )
 
     def _meta_gradients_vmap(self, batch: TaskBatch) -> MetaMetrics:
@@ -404,8 +395,9 @@ class MAML(MetaLearner):
         )
 
     def _records_statistics(self) -> bool:
-        # Batch-statistics-only models keep no running statistics worth updating.
-        return self.config.norm_policy is not NormPolicy.BATCH
+        # Batch statistics only: no running statistics worth updating; task statistics:
+        # every task starts from the meta-model's, which stay as they are.
+        return self.config.norm_policy not in (NormPolicy.BATCH, NormPolicy.TASK)
 
     # -- adaptation --------------------------------------------------------------------
 
@@ -414,7 +406,7 @@ class MAML(MetaLearner):
         buffers = {name: b for name, b in self.model.named_buffers()}
         training = self.training
         with torch.enable_grad():
-            adapted = adapt_task(
+            adaptation = adapt_task(
                 self.model,
                 params,
                 buffers,
@@ -426,8 +418,9 @@ class MAML(MetaLearner):
                 training=training,
                 task_loss=self.task_loss,
                 fused_norm=True,
-            )[-1]
-        adapted = {name: p.detach() for name, p in adapted.items()}
+            )
+        adapted = {name: p.detach() for name, p in adaptation.params.items()}
+        buffers = adaptation.buffers
         context = BatchNormContext(
             fused=True,
             step=self.eval_config.steps,
@@ -482,25 +475,6 @@ class ANIL(_MAMLVariant):
     """Almost No Inner Loop: only the head adapts; the body is meta-learned but fixed per task."""
 
     fixed_options: ClassVar[Mapping[str, object]] = {"adapt": "head"}
-
-
-_TASK_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _task_pool(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``threads`` threads with one intra-op thread each.
-
-    Kept for the life of the process: the same threads serve every meta-iteration, so
-    their allocator arenas and oneDNN caches are reused instead of grown anew.
-    """
-    if threads not in _TASK_POOLS:
-        _TASK_POOLS[threads] = ThreadPoolExecutor(
-            threads,
-            thread_name_prefix="metarch-tasks",
-            initializer=torch.set_num_threads,
-            initargs=(1,),
-        )
-    return _TASK_POOLS[threads]
 
 
 def _add_shard_gradients(

@@ -1,6 +1,6 @@
 """Reptile (Nichol, Achiam and Schulman, 2018): "On First-Order Meta-Learning Algorithms".
 
-For every task of a meta-batch, a *copy* of the model is trained for a few steps (Adam with
+For every task of a meta-batch, the weights are trained for a few steps (Adam with
 ``beta1 = 0`` in the paper); the meta-parameters then move towards the average of the
 adapted weights::
 
@@ -11,56 +11,80 @@ so an outer ``torch.optim.SGD`` with learning rate ``epsilon`` performs exactly 
 (the paper's batched version; its meta step size is annealed linearly to 0, which an outer
 learning-rate schedule does). Any other outer optimizer treats the difference as a gradient.
 
-The inner loop trains a ``copy.deepcopy`` of the model with an ordinary ``torch.optim``
-optimizer: the meta-parameters are never touched during adaptation, and no second-order
-machinery is needed because Reptile never differentiates through the inner loop.
+Reptile runs on the shared core: the functional inner loop of
+:mod:`metarch.meta.functional` (first order, on mini-batches) with an inner optimizer of
+:mod:`metarch.meta.optim`, and, for models the task-batched engine can trace, all tasks of
+a meta-batch at once (:func:`~metarch.meta.batched.batched_adapt`, in ``task_threads``
+shards). Both give the same meta-gradient (tested). The meta-parameters are never touched
+during adaptation, and nothing is differentiated through the inner loop.
 
 Inner Adam's state. The paper's code (``openai/supervised-reptile``) keeps one Adam
 optimizer for the whole run: its moment estimates are not trainable variables, so the
 per-task save/restore of the weights skips them, and the second moment (the first is the
-last gradient when ``beta1 = 0``) and step count carry over from task to task and from
-meta-iteration to meta-iteration. This matters: an Adam that starts afresh for every task
-moves *every* weight by about the learning rate at each of its few steps, whatever the size
-of its gradient (the first step is ``lr * sign(g)``), so the Reptile direction is dominated
-by noise in weights with small gradients; a carried second moment scales each weight's
-steps by its long-run gradient size instead. ``adam_state="carried"`` (the default) does
-what the paper's code does; the state is a buffer of the learner (saved in checkpoints, so
-resumed runs continue it; averaged over processes with the other buffers in distributed
-training). Adaptation at evaluation starts from the carried state and never changes it.
-``adam_state="per_task"`` starts every task afresh.
+last gradient when ``beta1 = 0``) and step count carry over from task to task. This
+matters: an Adam that starts afresh for every task moves *every* weight by about the
+learning rate at each of its few steps, whatever the size of its gradient (the first step
+is ``lr * sign(g)``), so the Reptile direction is dominated by noise in weights with small
+gradients; a carried second moment scales each weight's steps by its long-run gradient
+size instead. ``adam_state`` chooses how it is carried:
 
-Differences from the paper's code, by design:
+* ``"carried"`` (default): every task of a meta-batch starts from the carried state, and
+  the state carried on is the tasks' average second moment, its step count advanced by
+  the inner steps. Tasks are independent, so they run task-batched and in threads.
+* ``"sequential"``: exactly the paper's code: each task starts from the state the
+  previous one left (tasks run one after another).
+* ``"per_task"``: every task starts afresh.
 
-* Evaluation never changes the carried Adam state (the paper's code adapts to test tasks
-  with the same optimizer, so evaluation there perturbs later training).
-* Batch norm uses plain module semantics (no :func:`~metarch.models.norm.batch_norm_context`).
-  The copy trains in train mode, so it normalises with batch statistics and updates *its
-  own* running buffers; those buffers are discarded with the copy, and the meta-model's
-  buffers never change during meta-training. See :meth:`Reptile.adapt` for what that means
-  at evaluation.
+The two carried forms differ in how an exponential average of ``beta2 = 0.999`` mixes the
+squared gradients of a meta-batch (in parallel or in series): a few per cent of its
+weight, on a quantity that only scales step sizes. The state is a buffer of the learner
+(saved in checkpoints, so resumed runs continue it; averaged over processes with the other
+buffers in distributed training). Adaptation at evaluation starts from the carried state
+and never changes it (the paper's code adapts to test tasks with the training optimizer,
+so evaluation there perturbs later training).
+
+Batch norm follows :attr:`~metarch.models.norm.NormPolicy.TASK`: the inner loop normalises
+with batch statistics, as a copy of the model trained on the task would; at evaluation the
+task keeps running statistics of its own, started from the meta-model's (which Reptile
+never changes) and updated at every inner step. See :meth:`Reptile.adapt`.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
+from metarch.meta.batched import (
+    BatchedNormContext,
+    BatchingUnsupportedError,
+    TaskBatchedModel,
+    batched_adapt,
+    retain_freed_memory,
+    run_task_shards,
+    stack_for_tasks,
+)
+from metarch.meta.functional import InnerLoopConfig, Params, _forward, adapt_task
+from metarch.meta.losses import TASK_LOSSES, TaskLoss
+from metarch.meta.optim import InnerOptimizer, OptState, adam, sgd
+from metarch.models.norm import BatchNormContext, NormPolicy, name_norm_layers
 
-__all__ = ["AdamState", "InnerData", "InnerOptimizer", "LossFn", "Reptile"]
+__all__ = ["AdamStateMode", "InnerData", "Reptile", "ReptileOptimizer"]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-InnerOptimizer = Literal["adam", "sgd"]
+log = logging.getLogger(__name__)
+
+ReptileOptimizer = Literal["adam", "sgd"]
 InnerData = Literal["support", "all"]
-AdamState = Literal["carried", "per_task"]
+AdamStateMode = Literal["carried", "sequential", "per_task"]
+Batching = Literal["auto", "loop", "batched"]
 
-# Buffers of the carried inner Adam state (see the module docstring).
+# Buffers of the carried inner Adam state (see the module docstring): the second moment of
+# every parameter, flattened in ``named_parameters`` order, and the step count.
 _SECOND_MOMENT = "inner_adam_second_moment"
 _STEP = "inner_adam_step"
 
@@ -70,7 +94,7 @@ class Reptile(MetaLearner):
     """Reptile: move the initialisation towards the weights fine-tuned on each task.
 
     Args:
-        model: Classifier (or regressor, with ``loss_fn``) to meta-learn.
+        model: Classifier (or regressor, with ``loss``) to meta-learn.
         inner_lr: Learning rate of the inner optimizer (the paper: 1e-3).
         steps: Inner steps (mini-batches) per task during meta-training (the paper: 5 on
             Omniglot, 8 on mini-ImageNet).
@@ -82,19 +106,22 @@ class Reptile(MetaLearner):
         inner_on: What the inner loop trains on during meta-training: ``"all"`` the task's
             support and query examples together (the paper samples one set of examples
             per task and trains on all of it), or ``"support"`` only. With ``"all"`` the
-            reported query loss and accuracy are measured on examples the copy was trained
+            reported query loss and accuracy are measured on examples the task was trained
             on. :meth:`adapt` always trains on the support set, the only data it gets.
         inner_batch_size: Examples per inner step during meta-training; ``None`` for the
             full batch. Mini-batches cycle through random permutations of the task's
             examples (as in the paper's code), drawn from torch's global generator.
         eval_batch_size: Examples per inner step in :meth:`adapt`; ``None`` for the full
             support set.
-        adam_state: ``"carried"``: inner Adam's second moment and step count carry over
-            from task to task, as in the paper's code; ``"per_task"``: every task starts
-            afresh (see the module docstring). Ignored for ``inner_optimizer="sgd"``.
-        loss_fn: Task loss ``loss_fn(outputs, targets)``; cross-entropy by default, any
-            differentiable loss (e.g. ``F.mse_loss`` for regression) otherwise. Accuracy
-            is only measured for integer targets (it is ``nan`` otherwise).
+        adam_state: ``"carried"``, ``"sequential"`` or ``"per_task"`` (see the module
+            docstring). Ignored for ``inner_optimizer="sgd"``.
+        loss: The task loss, by name (:data:`~metarch.meta.losses.TASK_LOSSES`:
+            ``cross_entropy``, ``mse``) or as a :class:`~metarch.meta.losses.TaskLoss`.
+        batching: ``"auto"`` (task-batched, or a loop over tasks for models the engine
+            cannot trace and for ``adam_state="sequential"``), ``"batched"`` or ``"loop"``.
+        support_group: Task-batched: tasks adapted together (bounds the memory).
+        task_threads: Task-batched: shards of tasks run by threads of their own (``None``:
+            ``torch.get_num_threads()``).
     """
 
     def __init__(
@@ -104,112 +131,109 @@ class Reptile(MetaLearner):
         inner_lr: float = 1e-3,
         steps: int = 5,
         eval_steps: int = 50,
-        inner_optimizer: InnerOptimizer = "adam",
+        inner_optimizer: ReptileOptimizer = "adam",
         betas: tuple[float, float] = (0.0, 0.999),
         eps: float = 1e-8,
         inner_on: InnerData = "all",
         inner_batch_size: int | None = None,
         eval_batch_size: int | None = None,
-        adam_state: AdamState = "carried",
-        loss_fn: LossFn = F.cross_entropy,
+        adam_state: AdamStateMode = "carried",
+        loss: str | TaskLoss = "cross_entropy",
+        batching: Batching = "auto",
+        support_group: int = 8,
+        task_threads: int | None = None,
     ) -> None:
         super().__init__()
-        if inner_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {inner_optimizer!r}")
-        if inner_on not in ("support", "all"):
-            raise ValueError(f"inner_on must be 'support' or 'all', got {inner_on!r}")
-        if adam_state not in ("carried", "per_task"):
-            raise ValueError(f"adam_state must be 'carried' or 'per_task', got {adam_state!r}")
+        _check_choice("inner_optimizer", inner_optimizer, ("adam", "sgd"))
+        _check_choice("inner_on", inner_on, ("support", "all"))
+        _check_choice("adam_state", adam_state, ("carried", "sequential", "per_task"))
+        _check_choice("batching", batching, ("auto", "loop", "batched"))
         if steps < 0 or eval_steps < 0:
             raise ValueError(f"inner steps must be >= 0, got {steps} and {eval_steps}")
         for size in (inner_batch_size, eval_batch_size):
             if size is not None and size < 1:
                 raise ValueError(f"inner batch sizes must be >= 1 or None, got {size}")
+        if support_group < 1:
+            raise ValueError(f"support_group must be positive, got {support_group}")
+        if task_threads is not None and task_threads < 1:
+            raise ValueError(f"task_threads must be positive or None, got {task_threads}")
+        if inner_optimizer == "sgd" and adam_state == "sequential":
+            raise ValueError("adam_state='sequential' needs inner_optimizer='adam'")
         self.model = model
-        self.inner_lr = inner_lr
+        name_norm_layers(model)
+        self.adapt_names = [name for name, _ in model.named_parameters()]
+        self.inner_lr = float(inner_lr)
         self.steps = steps
         self.eval_steps = eval_steps
-        self.inner_optimizer: InnerOptimizer = inner_optimizer
-        # torch.optim.Adam rejects a mix of int and float betas, e.g. (0, 0.999).
+        # torch.optim.Adam-style betas may come as a mix of ints and floats, e.g. (0, 0.999).
         self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = eps
+        self.eps = float(eps)
+        self.inner_optimizer: InnerOptimizer = (
+            adam(self.inner_lr, self.betas, self.eps)
+            if inner_optimizer == "adam"
+            else sgd(self.inner_lr)
+        )
         self.inner_on: InnerData = inner_on
         self.inner_batch_size = inner_batch_size
         self.eval_batch_size = eval_batch_size
-        self.loss_fn = loss_fn
-        self.carries_adam_state = inner_optimizer == "adam" and adam_state == "carried"
+        self.task_loss = TASK_LOSSES.get(loss) if isinstance(loss, str) else loss
+        self.adam_state: AdamStateMode = adam_state if inner_optimizer == "adam" else "per_task"
+        self.batching: Batching = (
+            "loop" if self.adam_state == "sequential" and batching == "auto" else batching
+        )
+        if self.adam_state == "sequential" and self.batching == "batched":
+            raise ValueError(
+                "adam_state='sequential' runs tasks one after another: use batching='loop'"
+            )
+        self.support_group = support_group
+        self.task_threads = task_threads
+        self._batched: TaskBatchedModel | None = None
+        self.config = InnerLoopConfig(steps=steps, first_order=True, norm_policy=NormPolicy.TASK)
+        self.eval_config = InnerLoopConfig(
+            steps=eval_steps, first_order=True, norm_policy=NormPolicy.TASK
+        )
         if self.carries_adam_state:
             size = sum(p.numel() for p in model.parameters())
             dtype = next(model.parameters()).dtype
             self.register_buffer(_SECOND_MOMENT, torch.zeros(size, dtype=dtype))
             self.register_buffer(_STEP, torch.zeros((), dtype=torch.int64))
 
-    # -- the inner loop ----------------------------------------------------------------
+    @property
+    def carries_adam_state(self) -> bool:
+        """Whether inner Adam's state carries over from task to task."""
+        return self.adam_state != "per_task"
 
-    def fine_tune(
-        self,
-        x: Tensor,
-        y: Tensor,
-        *,
-        steps: int,
-        batch_size: int | None = None,
-        carry: bool = False,
-    ) -> nn.Module:
-        """Train a copy of the model on ``(x, y)``; the meta-model is left untouched.
+    # -- the carried inner Adam state ------------------------------------------------------
 
-        Args:
-            x: Inputs of one task.
-            y: Targets of one task.
-            steps: Optimizer steps.
-            batch_size: Examples per step (``None``: all of them every step).
-            carry: Keep the copy's final Adam state as the carried state (meta-training);
-                otherwise the carried state is only read.
+    def _start_state(self, params: Params) -> OptState:
+        """The inner optimizer's state for ``params`` (per task, or stacked ``(T, ...)``).
 
-        Returns:
-            The trained copy, in train mode, with its own (adapted) batch-norm buffers.
+        ``optim.adam`` is ``Chain(ScaleByAdam, Scale)``: the moments are its state "0".
+        The first moment is not carried: with the paper's ``beta1 = 0`` it is the last
+        gradient anyway.
         """
-        learner = copy.deepcopy(self.model)
-        learner.train()
-        optimizer = self._make_optimizer(learner)
-        if self.carries_adam_state:
-            self._load_adam_state(optimizer, learner)
-        # Adaptation needs gradients even when the caller evaluates under no_grad.
-        with torch.enable_grad():
-            for indices in _mini_batches(len(x), batch_size, steps, x.device):
-                optimizer.zero_grad(set_to_none=True)
-                self.loss_fn(learner(x[indices]), y[indices]).backward()
-                optimizer.step()
-        if self.carries_adam_state and carry:
-            self._store_adam_state(optimizer, learner)
-        return learner
-
-    def _load_adam_state(self, optimizer: torch.optim.Optimizer, learner: nn.Module) -> None:
-        """Start the copy's Adam from the carried second moment and step count."""
-        second_moment: Tensor = getattr(self, _SECOND_MOMENT)
-        step = float(getattr(self, _STEP))
-        offset = 0
-        for parameter in learner.parameters():
-            size = parameter.numel()
-            optimizer.state[parameter] = {
-                "step": torch.tensor(step),
-                # With beta1 = 0 the first moment is the last gradient; the paper's beta1
-                # may be changed, so it starts at 0 for every task (it is not carried).
-                "exp_avg": torch.zeros_like(parameter),
-                "exp_avg_sq": second_moment[offset : offset + size].view_as(parameter).clone(),
-            }
-            offset += size
-
-    def _store_adam_state(self, optimizer: torch.optim.Optimizer, learner: nn.Module) -> None:
-        """Carry the copy's Adam second moment and step count over to the next task."""
+        state = self.inner_optimizer.init(params)
+        if not self.carries_adam_state:
+            return state
         second_moment: Tensor = getattr(self, _SECOND_MOMENT)
         offset = 0
-        for parameter in learner.parameters():
-            size = parameter.numel()
-            state = optimizer.state[parameter]
-            second_moment[offset : offset + size].copy_(state["exp_avg_sq"].flatten())
+        carried = {}
+        for name in self.adapt_names:
+            value = params[name]
+            shape = self.model.get_parameter(name).shape
+            size = math.prod(shape)
+            part = second_moment[offset : offset + size].view(shape)
+            carried[name] = part.expand_as(value).clone() if value.dim() > len(shape) else part
             offset += size
-        # Every parameter took the same steps (they were all loaded with the same count).
-        getattr(self, _STEP).fill_(int(optimizer.state[next(learner.parameters())]["step"]))
+        adam_state = state["0"]
+        return {**state, "0": {**adam_state, "v": carried, "count": int(getattr(self, _STEP))}}
+
+    def _store_state(self, second_moments: Params, count: int) -> None:
+        """Carry ``second_moments`` (per parameter) and step ``count`` on to later tasks."""
+        second_moment: Tensor = getattr(self, _SECOND_MOMENT)
+        flat = torch.cat([second_moments[name].reshape(-1) for name in self.adapt_names])
+        second_moment.copy_(flat)
+        getattr(self, _STEP).fill_(count)
 
     def _load_from_state_dict(
         self,
@@ -230,117 +254,252 @@ class Reptile(MetaLearner):
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
 
-    def _make_optimizer(self, learner: nn.Module) -> torch.optim.Optimizer:
-        if self.inner_optimizer == "adam":
-            return torch.optim.Adam(
-                learner.parameters(), lr=self.inner_lr, betas=self.betas, eps=self.eps
-            )
-        return torch.optim.SGD(learner.parameters(), lr=self.inner_lr)
-
     # -- meta-training -----------------------------------------------------------------
 
-    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:  # noqa: D102
-        return self.compute_meta_gradients_from_tensors(
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
-
-    def compute_meta_gradients_from_tensors(
-        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
-    ) -> MetaMetrics:
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:
         """Add ``theta - mean_t(theta_t)`` to ``.grad`` of every trainable meta-parameter.
 
-        The same as :meth:`compute_meta_gradients` for any stacked tasks (e.g. regression
-        tasks with float targets).
-
-        Args:
-            support_x: Support inputs ``(T, K, ...)``.
-            support_y: Support targets ``(T, K, ...)``.
-            query_x: Query inputs ``(T, Q, ...)``.
-            query_y: Query targets ``(T, Q, ...)``.
+        Works for any :class:`~metarch.meta.base.TaskBatch` (classification episodes,
+        regression tasks with float targets).
 
         Returns:
-            Query loss and accuracy of the adapted copies, averaged over tasks.
+            Query loss and score of the adapted weights, averaged over tasks.
         """
-        tasks = int(support_x.shape[0])
-        meta = list(self.model.parameters())
-        # Running sum of (theta - theta_t) / T: one extra copy of the weights, whatever T.
-        differences = [torch.zeros_like(p) for p in meta]
-        losses, accuracies = [], []
-        for t in range(tasks):
-            x, y = support_x[t], support_y[t]
-            if self.inner_on == "all":
-                x, y = torch.cat([x, query_x[t]]), torch.cat([y, query_y[t]])
-            learner = self.fine_tune(
-                x, y, steps=self.steps, batch_size=self.inner_batch_size, carry=True
+        x, y = batch.support_x, batch.support_y
+        if self.inner_on == "all":
+            x, y = torch.cat([x, batch.query_x], dim=1), torch.cat([y, batch.query_y], dim=1)
+        batches = _draw_mini_batches(
+            batch.num_tasks, x.shape[1], self.inner_batch_size, self.steps, x.device
+        )
+        meta = {name: p.detach() for name, p in self.model.named_parameters()}
+        if self.batching in ("auto", "batched"):
+            try:
+                result = self._adapt_batched(meta, x, y, batch, batches)
+            except BatchingUnsupportedError as exc:
+                if self.batching == "batched":
+                    raise
+                log.warning("cannot batch tasks (%s); running tasks in a loop", exc)
+                self.batching = "loop"
+        if self.batching == "loop":
+            result = self._adapt_loop(meta, x, y, batch, batches)
+        adapted_sum, losses, scores, second_moments = result
+        tasks = batch.num_tasks
+        if self.carries_adam_state:
+            assert second_moments is not None
+            if self.adam_state == "carried":
+                second_moments = {n: v / tasks for n, v in second_moments.items()}
+            count = int(getattr(self, _STEP)) + self.steps * (
+                tasks if self.adam_state == "sequential" else 1
             )
-            with torch.no_grad():
-                for difference, theta, adapted in zip(
-                    differences, meta, learner.parameters(), strict=True
-                ):
-                    difference.add_(theta - adapted, alpha=1.0 / tasks)
-                outputs = learner(query_x[t])
-                losses.append(float(self.loss_fn(outputs, query_y[t])))
-                accuracies.append(_accuracy(outputs, query_y[t]))
-        for theta, difference in zip(meta, differences, strict=True):
+            self._store_state(second_moments, count)
+        for name, theta in self.model.named_parameters():
             if not theta.requires_grad:
                 continue
-            if theta.grad is None:
-                theta.grad = difference
-            else:
-                theta.grad.add_(difference)
-        return MetaMetrics(loss=sum(losses) / tasks, accuracy=sum(accuracies) / tasks, tasks=tasks)
+            difference = theta.detach() - adapted_sum[name] / tasks
+            theta.grad = difference if theta.grad is None else theta.grad + difference
+        return MetaMetrics(loss=losses / tasks, accuracy=scores / tasks, tasks=tasks)
+
+    def _adapt_loop(
+        self,
+        meta: Params,
+        x: Tensor,
+        y: Tensor,
+        batch: TaskBatch,
+        batches: list[Tensor] | None,
+    ) -> _Adapted:
+        """Tasks one after another (any model; the paper's sequential Adam state)."""
+        buffers = dict(self.model.named_buffers())
+        adapted_sum: Params = {name: torch.zeros_like(p) for name, p in meta.items()}
+        second_moments: Params | None = None
+        losses = scores = 0.0
+        state = self._start_state(meta)
+        for t in range(batch.num_tasks):
+            if self.adam_state != "sequential":
+                state = self._start_state(meta)
+            with torch.enable_grad():
+                adaptation = adapt_task(
+                    self.model,
+                    meta,
+                    buffers,
+                    x[t],
+                    y[t],
+                    adapt=self.adapt_names,
+                    optimizer=self.inner_optimizer,
+                    config=self.config,
+                    training=True,
+                    task_loss=self.task_loss,
+                    fused_norm=True,
+                    state=state,
+                    batches=None if batches is None else [b[t] for b in batches],
+                )
+            state = adaptation.state
+            adapted = {n: p.detach() for n, p in adaptation.params.items()}
+            for name, value in adapted.items():
+                adapted_sum[name] += value
+            if self.carries_adam_state:
+                v = state["0"]["v"]
+                if self.adam_state == "sequential" or second_moments is None:
+                    second_moments = {n: t_.detach().clone() for n, t_ in v.items()}
+                else:
+                    for name in second_moments:
+                        second_moments[name] += v[name].detach()
+            with torch.no_grad():
+                context = BatchNormContext(step=self.steps, fused=True)
+                outputs = _forward(self.model, adapted, buffers, batch.query_x[t], context)
+                losses += float(self.task_loss.loss(outputs, batch.query_y[t]))
+                scores += float(self.task_loss.score(outputs, batch.query_y[t]))
+        return adapted_sum, losses, scores, second_moments
+
+    def _adapt_batched(
+        self,
+        meta: Params,
+        x: Tensor,
+        y: Tensor,
+        batch: TaskBatch,
+        batches: list[Tensor] | None,
+    ) -> _Adapted:
+        """All tasks task-batched, in shards run by threads; sums in shard order."""
+        if self._batched is None:
+            self._batched = TaskBatchedModel.trace(self.model)
+            retain_freed_memory()
+        batched = self._batched
+        if not self.inner_optimizer.elementwise:
+            raise BatchingUnsupportedError("the inner optimizer couples elements")
+
+        def shard(first: int, end: int) -> _Adapted:
+            adapted_sum: Params = {name: torch.zeros_like(p) for name, p in meta.items()}
+            second_moments: Params = {}
+            losses = scores = 0.0
+            for g0 in range(first, end, self.support_group):
+                g1 = min(end, g0 + self.support_group)
+                start = {n: stack_for_tasks(p, g1 - g0).requires_grad_() for n, p in meta.items()}
+                with torch.enable_grad():
+                    trajectory, state = batched_adapt(
+                        batched,
+                        start,
+                        x[g0:g1],
+                        y[g0:g1],
+                        adapt=self.adapt_names,
+                        optimizer=self.inner_optimizer,
+                        state=self._start_state(start),
+                        hyper=None,
+                        steps=self.steps,
+                        first_order=True,
+                        use_running=False,
+                        record=None,
+                        task_loss=self.task_loss,
+                        batches=None if batches is None else [b[g0:g1] for b in batches],
+                    )
+                adapted = {n: p.detach() for n, p in trajectory[-1].items()}
+                for name, value in adapted.items():
+                    adapted_sum[name] += value.sum(dim=0)
+                if self.carries_adam_state:
+                    for name, v in state["0"]["v"].items():
+                        part = v.detach().sum(dim=0)
+                        previous = second_moments.get(name)
+                        second_moments[name] = part if previous is None else previous + part
+                with torch.no_grad():
+                    context = BatchedNormContext(step=self.steps, first_order=True)
+                    outputs = batched(adapted, batch.query_x[g0:g1], context)
+                    losses += float(self.task_loss.per_task(outputs, batch.query_y[g0:g1]).sum())
+                    scores += float(self.task_loss.score(outputs, batch.query_y[g0:g1]).sum())
+            return adapted_sum, losses, scores, second_moments if self.carries_adam_state else None
+
+        threads = self.task_threads or torch.get_num_threads()
+        done = [result for _, _, result in run_task_shards(batch.num_tasks, threads, shard)]
+        total, losses, scores, second_moments = done[0]
+        for part, part_losses, part_scores, part_moments in done[1:]:
+            total = {n: total[n] + part[n] for n in total}
+            if second_moments is not None and part_moments is not None:
+                second_moments = {n: v + part_moments[n] for n, v in second_moments.items()}
+            losses += part_losses
+            scores += part_scores
+        return total, losses, scores, second_moments
 
     # -- adaptation --------------------------------------------------------------------
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        """Fine-tune a copy on the support set for ``eval_steps``; return its predictor.
+        """Train on the support set for ``eval_steps``; return the adapted predictor.
 
-        The predictor runs the copy in the mode the learner had when ``adapt`` was called:
+        The predictor runs in the mode the learner had when ``adapt`` was called:
 
-        * eval mode: batch norm uses the running statistics the *copy* accumulated on the
-          support set while it trained (the meta-model's own buffers are never updated
-          by Reptile). A query's prediction does not depend on the other queries, but the
-          running statistics need enough steps to forget their start (momentum 0.1:
-          ``0.9 ** 50 < 0.01``), which the paper's 50 evaluation steps give.
+        * eval mode: batch norm uses running statistics of the task's own, started from
+          the meta-model's and updated at every inner step, as a copy of the model
+          trained on the support set would have them (the meta-model's own buffers are
+          never updated by Reptile). A query's prediction does not depend on the other
+          queries, but the statistics need enough steps to forget their start (momentum
+          0.1: ``0.9 ** 50 < 0.01``), which the paper's 50 evaluation steps give.
         * train mode: queries are normalised with their own batch statistics, the paper's
           *transductive* setting.
 
-        The copy's weights are frozen, so predictions carry no gradient.
+        The adapted weights are detached, so predictions carry no gradient; the carried
+        Adam state is read, never changed.
         """
         training = self.training
-        learner = self.fine_tune(
-            support_x, support_y, steps=self.eval_steps, batch_size=self.eval_batch_size
+        meta = {name: p.detach() for name, p in self.model.named_parameters()}
+        batches = _draw_mini_batches(
+            1, len(support_x), self.eval_batch_size, self.eval_steps, support_x.device
         )
-        learner.requires_grad_(False)
-        learner.train(training)
+        with torch.enable_grad():
+            adaptation = adapt_task(
+                self.model,
+                meta,
+                dict(self.model.named_buffers()),
+                support_x,
+                support_y,
+                adapt=self.adapt_names,
+                optimizer=self.inner_optimizer,
+                config=self.eval_config,
+                training=training,
+                task_loss=self.task_loss,
+                fused_norm=True,
+                state=self._start_state(meta),
+                batches=None if batches is None else [b[0] for b in batches],
+            )
+        adapted = {name: p.detach() for name, p in adaptation.params.items()}
+        buffers = adaptation.buffers
+        context = BatchNormContext(
+            step=self.eval_steps,
+            use_running=self.eval_config.norm_policy.uses_running_statistics(
+                inner=False, training=training
+            ),
+            fused=True,
+        )
 
         def predict(query_x: Tensor) -> Tensor:
-            logits: Tensor = learner(query_x)
-            return logits
+            return _forward(self.model, adapted, buffers, query_x, context)
 
         return predict
 
 
-def _mini_batches(
-    size: int, batch_size: int | None, steps: int, device: torch.device
-) -> Iterator[Tensor | slice]:
-    """Indices of ``steps`` mini-batches of ``batch_size`` out of ``size`` examples.
+#: Sum of adapted parameters, summed query losses and scores, summed (or last) second moments.
+_Adapted = tuple[Params, float, float, "Params | None"]
 
-    Each pass visits every example once in a random order; a mini-batch may straddle two
-    passes, as in the paper's code.
+
+def _check_choice(option: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"{option} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+        )
+
+
+def _draw_mini_batches(
+    tasks: int, size: int, batch_size: int | None, steps: int, device: torch.device
+) -> list[Tensor] | None:
+    """Per inner step, the indices ``(tasks, batch_size)`` of each task's mini-batch.
+
+    ``None`` when every step trains on all ``size`` examples. Each pass over a task's
+    examples visits every one once in a random order; a mini-batch may straddle two
+    passes, as in the paper's code. Tasks draw their permutations in task order, from
+    torch's global generator, so the loop and the task-batched path see the same batches.
     """
     if batch_size is None or batch_size >= size:
-        for _ in range(steps):
-            yield slice(None)
-        return
+        return None
     passes = math.ceil(steps * batch_size / size)
-    order = torch.cat([torch.randperm(size, device=device) for _ in range(passes)])
-    for step in range(steps):
-        yield order[step * batch_size : (step + 1) * batch_size]
-
-
-def _accuracy(outputs: Tensor, targets: Tensor) -> float:
-    """Classification accuracy, or ``nan`` for non-integer (regression) targets."""
-    if targets.is_floating_point() or targets.is_complex():
-        return math.nan
-    return float((outputs.argmax(dim=-1) == targets).float().mean())
+    orders = torch.stack(
+        [
+            torch.cat([torch.randperm(size, device=device) for _ in range(passes)])
+            for _ in range(tasks)
+        ]
+    )
+    return [orders[:, step * batch_size : (step + 1) * batch_size] for step in range(steps)]

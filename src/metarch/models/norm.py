@@ -18,6 +18,10 @@ Three policies (see :class:`NormPolicy`), and their effect on evaluation:
 * ``frozen`` — running statistics in the inner loop and at evaluation; only the
   meta-training query pass normalises with batch statistics (and updates the running
   ones). Adaptation and evaluation never look at batch statistics: *not* transductive.
+* ``task`` — a module trained on the task (Reptile's fine-tuned copy): the inner loop
+  normalises with batch statistics and, at evaluation, folds them into running statistics
+  of the task's own, which the queries then use: *not* transductive. The meta-model's
+  running statistics are only where every task's start from.
 
 Without a context the layer behaves exactly like ``nn.BatchNorm2d`` (used by prototypical
 networks and plain training).
@@ -43,6 +47,7 @@ __all__ = [
     "RecordedStatistics",
     "apply_recorded_statistics",
     "batch_norm_context",
+    "fold_statistics",
     "name_norm_layers",
 ]
 
@@ -53,6 +58,7 @@ class NormPolicy(str, enum.Enum):
     BATCH = "batch"
     PER_STEP = "per_step"
     FROZEN = "frozen"
+    TASK = "task"
 
     def uses_running_statistics(self, *, inner: bool, training: bool) -> bool:
         """Whether to normalise with running (instead of batch) statistics.
@@ -65,6 +71,8 @@ class NormPolicy(str, enum.Enum):
             return False
         if self is NormPolicy.PER_STEP:
             return not training
+        if self is NormPolicy.TASK:
+            return not inner and not training
         return inner or not training
 
 
@@ -204,17 +212,17 @@ def name_norm_layers(model: nn.Module) -> None:
             module.qualified_name = name
 
 
+def _norm_layers(model: nn.Module) -> dict[str, MetaBatchNorm2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, MetaBatchNorm2d)}
+
+
 def apply_recorded_statistics(model: nn.Module, recorded: RecordedStatistics) -> None:
     """Fold recorded batch statistics into the running buffers of ``model``'s layers.
 
     Statistics recorded under ``vmap`` carry a leading task dimension; they are averaged
     over tasks first.
     """
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, MetaBatchNorm2d)
-    }
+    layers = _norm_layers(model)
     for key, mean in recorded.means.items():
         name, slot = key.rsplit("@", 1)
         var = recorded.variances[key]
@@ -222,3 +230,26 @@ def apply_recorded_statistics(model: nn.Module, recorded: RecordedStatistics) ->
         if mean.dim() == 2:
             mean, var = mean.mean(dim=0), var.mean(dim=0)
         layer.update_running_statistics(int(slot), mean, var)
+
+
+def fold_statistics(
+    model: nn.Module, buffers: dict[str, Tensor], recorded: RecordedStatistics
+) -> dict[str, Tensor]:
+    """``buffers`` with recorded batch statistics folded into their running statistics.
+
+    The functional counterpart of :func:`apply_recorded_statistics`: nothing is changed in
+    place, so a task can keep running statistics of its own (see ``NormPolicy.TASK``).
+    """
+    if not recorded.means:
+        return buffers
+    layers = _norm_layers(model)
+    folded = dict(buffers)
+    for key, mean in recorded.means.items():
+        name, slot = key.rsplit("@", 1)
+        momentum = layers[name].momentum
+        for buffer, value in (("running_mean", mean), ("running_var", recorded.variances[key])):
+            full = f"{name}.{buffer}" if name else buffer
+            running = folded[full].clone()
+            running[int(slot)] = running[int(slot)].lerp(value.detach(), momentum)
+            folded[full] = running
+    return folded
