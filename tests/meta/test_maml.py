@@ -33,7 +33,7 @@ def meta_loss(learner: MAML, batch_index_params: dict[str, torch.Tensor] | None 
             config=learner.config,
             training=True,
         )
-        total += float(loss)
+        total += float(loss.detach())
     return total / batch.num_tasks
 
 

@@ -35,7 +35,6 @@ from metarch.models.norm import (
     NormPolicy,
     RecordedStatistics,
     batch_norm_context,
-    fold_statistics,
 )
 
 __all__ = [
@@ -159,6 +158,7 @@ def adapt_task(
     fused_norm: bool = False,
     state: OptState | None = None,
     batches: Sequence[StepBatch] | None = None,
+    under_vmap: bool = False,
 ) -> Adaptation:
     """Adapt ``params`` to one support set: the parameters after every step, and more.
 
@@ -180,6 +180,8 @@ def adapt_task(
         state: The inner optimizer's starting state (default: ``optimizer.init``), e.g.
             Reptile's carried Adam moments.
         batches: The support examples of each step (default: all of them every step).
+        under_vmap: The call runs under ``torch.func.vmap``: inner gradients come from
+            ``torch.func.grad`` instead of plain autograd.
 
     Returns:
         The trajectory, the optimizer's final state and the buffers for the query pass.
@@ -187,23 +189,56 @@ def adapt_task(
     if batches is not None and len(batches) != config.steps:
         raise ValueError(f"need {config.steps} step batches, got {len(batches)}")
     use_running = config.norm_policy.uses_running_statistics(inner=True, training=training)
-    # Under the task policy an evaluated task keeps running statistics of its own.
+    # Under the task policy an evaluated task keeps running statistics of its own, which
+    # its support passes update in place.
     fold = config.norm_policy is NormPolicy.TASK and not training
+    if fold:
+        if under_vmap:
+            raise ValueError("task running statistics are updated in place: not under vmap")
+        buffers = {name: value.clone() for name, value in buffers.items()}
 
     def support_loss(
         adapted: Params, frozen: Params, step: int, x: Tensor, y: Tensor, task_buffers: Params
     ) -> tuple[Tensor, tuple[dict[str, Tensor], dict[str, Tensor]]]:
         # Statistics leave the grad transform as its auxiliary output; stored from inside
         # it they would be tensors escaping the transform.
-        local = RecordedStatistics() if record is not None or fold else None
+        local = RecordedStatistics() if record is not None else None
         context = BatchNormContext(
-            step=step, use_running=use_running, record=local, fused=fused_norm
+            step=step,
+            use_running=use_running,
+            record=local,
+            fused=fused_norm,
+            update_running=fold,
         )
         logits = _forward(model, {**frozen, **adapted}, task_buffers, x, context, "support")
         aux = (local.means, local.variances) if local is not None else ({}, {})
         return task_loss.loss(logits, y), aux
 
-    support_grad = torch.func.grad(support_loss, has_aux=True)
+    grad_transform = torch.func.grad(support_loss, has_aux=True)
+
+    def support_grad(
+        adapted: Params, frozen: Params, step: int, x: Tensor, y: Tensor, task_buffers: Params
+    ) -> tuple[Params, tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        if under_vmap:
+            return grad_transform(adapted, frozen, step, x, y, task_buffers)  # type: ignore[no-any-return]
+        # Plain autograd where no transform needs torch.func: less overhead per operation.
+        # First order differentiates leaves cut from the graph (the updates still join it).
+        leaves = {
+            name: value.detach().requires_grad_()
+            if config.first_order or not value.requires_grad
+            else value
+            for name, value in adapted.items()
+        }
+        loss, aux = support_loss(leaves, frozen, step, x, y, task_buffers)
+        grads = torch.autograd.grad(
+            loss,
+            list(leaves.values()),
+            create_graph=not config.first_order,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return dict(zip(leaves, grads, strict=True)), aux
+
     trajectory = [params]
     current = params
     if state is None:
@@ -217,8 +252,6 @@ def adapt_task(
         if record is not None:
             record.means.update(means)
             record.variances.update(variances)
-        if fold:
-            buffers = fold_statistics(model, buffers, RecordedStatistics(means, variances))
         if config.first_order:
             grads = {name: g.detach() for name, g in grads.items()}
         updates, state = optimizer.update(grads, state, adapted, step=step, hyper=hyper)
@@ -244,6 +277,7 @@ def run_task(
     record_statistics: bool = False,
     task_loss: TaskLoss = _CROSS_ENTROPY,
     fused_norm: bool = False,
+    under_vmap: bool = False,
 ) -> tuple[Tensor, Tensor, RecordedStatistics]:
     """Adapt to one task's support set and score its queries; safe to ``vmap`` over tasks.
 
@@ -268,6 +302,7 @@ def run_task(
         record=record,
         task_loss=task_loss,
         fused_norm=fused_norm,
+        under_vmap=under_vmap,
     )
     trajectory, buffers = adaptation.trajectory, adaptation.buffers
     use_running = config.norm_policy.uses_running_statistics(inner=False, training=training)

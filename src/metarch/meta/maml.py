@@ -379,6 +379,7 @@ class MAML(MetaLearner):
                 training=True,
                 record_statistics=record,
                 task_loss=self.task_loss,
+                under_vmap=True,
             )
             # vmap returns pytrees of tensors; the dataclass is split into two dicts.
             return loss, accuracy, recorded.means, recorded.variances

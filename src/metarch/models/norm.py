@@ -47,7 +47,6 @@ __all__ = [
     "RecordedStatistics",
     "apply_recorded_statistics",
     "batch_norm_context",
-    "fold_statistics",
     "name_norm_layers",
 ]
 
@@ -96,12 +95,16 @@ class BatchNormContext:
             kernel instead of a dozen element-wise ops, in every derivative), and exact to
             any order in plain autograd, but its double backward is wrong under ``vmap``:
             only set it outside vmap.
+        update_running: Normalise with batch statistics and fold them into the running
+            statistics the layer is given, in place, as ``nn.BatchNorm2d`` does in train
+            mode: for a task's own copy of them (``NormPolicy.TASK``), never under vmap.
     """
 
     step: int = 0
     use_running: bool = False
     record: RecordedStatistics | None = None
     fused: bool = False
+    update_running: bool = False
 
 
 @contextlib.contextmanager
@@ -176,6 +179,17 @@ class MetaBatchNorm2d(nn.Module):
         weight, bias = self.weight[slot], self.bias[slot]
         if context.use_running:
             mean, var = self.running_mean[slot], self.running_var[slot]
+        elif context.update_running:
+            return F.batch_norm(
+                x,
+                self.running_mean[slot],
+                self.running_var[slot],
+                weight,
+                bias,
+                True,
+                self.momentum,
+                self.eps,
+            )
         elif context.fused and x.shape[0] * x.shape[2] * x.shape[3] > 1:
             if context.record is not None:
                 with torch.no_grad():
@@ -230,26 +244,3 @@ def apply_recorded_statistics(model: nn.Module, recorded: RecordedStatistics) ->
         if mean.dim() == 2:
             mean, var = mean.mean(dim=0), var.mean(dim=0)
         layer.update_running_statistics(int(slot), mean, var)
-
-
-def fold_statistics(
-    model: nn.Module, buffers: dict[str, Tensor], recorded: RecordedStatistics
-) -> dict[str, Tensor]:
-    """``buffers`` with recorded batch statistics folded into their running statistics.
-
-    The functional counterpart of :func:`apply_recorded_statistics`: nothing is changed in
-    place, so a task can keep running statistics of its own (see ``NormPolicy.TASK``).
-    """
-    if not recorded.means:
-        return buffers
-    layers = _norm_layers(model)
-    folded = dict(buffers)
-    for key, mean in recorded.means.items():
-        name, slot = key.rsplit("@", 1)
-        momentum = layers[name].momentum
-        for buffer, value in (("running_mean", mean), ("running_var", recorded.variances[key])):
-            full = f"{name}.{buffer}" if name else buffer
-            running = folded[full].clone()
-            running[int(slot)] = running[int(slot)].lerp(value.detach(), momentum)
-            folded[full] = running
-    return folded
