@@ -40,7 +40,7 @@ import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -68,6 +68,7 @@ __all__ = [
     "register_batched_module",
     "retain_freed_memory",
     "run_task_shards",
+    "scale_per_task",
     "stack_for_tasks",
     "to_grouped",
 ]
@@ -123,6 +124,16 @@ _M_MMAP_THRESHOLD = -3
 _allocator_tuned: bool | None = None
 
 
+def scale_per_task(x: Tensor, scale: Tensor) -> Tensor:
+    """Grouped ``x`` (``(N, T*C, ...)``) with task ``t``'s channels times ``scale[t]``.
+
+    For rules that weight per task (a candidate operation's weight in a mixed operation).
+    """
+    tasks = scale.shape[0]
+    per_channel = scale.repeat_interleave(x.shape[1] // tasks)
+    return x * per_channel.view(1, -1, *([1] * (x.dim() - 2)))
+
+
 def retain_freed_memory(
     mmap_threshold: int = 32 * 2**20, trim_threshold: int = 512 * 2**20
 ) -> bool:
@@ -175,6 +186,7 @@ class BatchedNormContext:
             first-order MAML): batch norm (and a ReLU after it) then runs as one function
             with PyTorch's fused kernels, instead of twice-differentiable operations.
         phase: ``support`` or ``query``: what the forward context tells other modules.
+        engine: The engine running the pass (set by it), for rules that run children.
     """
 
     step: int = 0
@@ -182,6 +194,7 @@ class BatchedNormContext:
     record: RecordedStatistics | None = None
     first_order: bool = False
     phase: Phase = "query"
+    engine: TaskBatchedModel | None = None
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -451,6 +464,13 @@ def register_batched_function(*functions: Any) -> None:
     _PER_CHANNEL_FUNCTIONS.update(functions)
 
 
+def _trace(module: nn.Module) -> fx.Graph:
+    try:
+        return _Tracer().trace(module)
+    except Exception as exc:  # any tracing failure means: not batchable
+        raise BatchingUnsupportedError(f"cannot trace {type(module).__name__}: {exc}") from exc
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # Modules with a rule are replayed whole by it, not traced through.
@@ -467,32 +487,65 @@ def _spatial_dims(dims: Any, ndim: int) -> bool:
     return all(isinstance(d, int) and d % ndim >= 2 for d in dims)
 
 
+@dataclass
+class _TracedGraph:
+    """A traced forward (of the model, or of one of its sub-modules) ready to replay."""
+
+    graph: fx.Graph
+    #: Qualified name of the traced module ("" for the model): its graph's module targets
+    #: and parameters are relative to it.
+    prefix: str
+    #: Batch norms whose only user is a ReLU: the pair runs as one function.
+    relu_after: dict[fx.Node, fx.Node]
+
+    def qualified(self, target: object) -> str:
+        return f"{self.prefix}.{target}" if self.prefix else str(target)
+
+
 class TaskBatchedModel:
     """A model's forward, replayed for ``T`` tasks at once with stacked per-task parameters.
 
     Build with :meth:`trace`; call with parameters stacked over tasks (``(T, *shape)``
     for every parameter the graph reads) and inputs ``(T, N, ...)``.
+
+    A module whose forward cannot be traced once for all (it chooses what to run from the
+    forward context, like a block a sub-network skips) or that mixes tasks' values in a
+    way the graph cannot see (a weighted sum of candidate operations, weighted per task)
+    gets a rule of its own (:func:`register_batched_module`); its rule runs the module's
+    children through :meth:`run_module` of the engine it finds in the pass's context.
     """
 
     def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
         self.model = model
-        self.graph = graph
         self.modules = dict(model.named_modules())
-        # Batch norms whose only user is a ReLU: the pair runs as one function.
-        self.relu_after: dict[fx.Node, fx.Node] = {}
+        self.root = self._prepare(graph, "")
+        self._children: dict[str, _TracedGraph] = {}
+
+    @property
+    def graph(self) -> fx.Graph:
+        """The traced graph of the model."""
+        return self.root.graph
+
+    def _prepare(self, graph: fx.Graph, prefix: str) -> _TracedGraph:
+        traced = _TracedGraph(graph, prefix, {})
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise BatchingUnsupportedError("only single-input modules can be batched")
         for node in graph.nodes:
+            self._check(node, traced)
             if (
                 node.op == "call_module"
-                and isinstance(self.modules[str(node.target)], MetaBatchNorm2d)
+                and isinstance(self.modules[traced.qualified(node.target)], MetaBatchNorm2d)
                 and len(node.users) == 1
             ):
                 (user,) = node.users
-                if self._is_relu(user):
-                    self.relu_after[node] = user
+                if self._is_relu(user, traced):
+                    traced.relu_after[node] = user
+        return traced
 
-    def _is_relu(self, node: fx.Node) -> bool:
+    def _is_relu(self, node: fx.Node, traced: _TracedGraph) -> bool:
         if node.op == "call_module":
-            return type(self.modules[str(node.target)]) is nn.ReLU
+            return type(self.modules[traced.qualified(node.target)]) is nn.ReLU
         if node.op == "call_function":
             return node.target in (torch.relu, F.relu) and len(node.args) == 1
         return node.op == "call_method" and node.target == "relu" and len(node.args) == 1
@@ -500,25 +553,30 @@ class TaskBatchedModel:
     @classmethod
     def trace(cls, model: nn.Module) -> TaskBatchedModel:
         """Trace ``model``; raise :class:`BatchingUnsupportedError` if it cannot be batched."""
-        try:
-            graph = _Tracer().trace(model)
-        except Exception as exc:  # any tracing failure means: not batchable
-            raise BatchingUnsupportedError(f"cannot trace {type(model).__name__}: {exc}") from exc
-        batched = cls(model, graph)
-        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise BatchingUnsupportedError("only single-input models can be batched")
-        for node in graph.nodes:
-            batched._check(node)
-        return batched
+        return cls(model, _trace(model))
 
-    def _check(self, node: fx.Node) -> None:
+    def run_module(
+        self, name: str, x: Tensor, params: Params, context: BatchedNormContext
+    ) -> Tensor:
+        """Run the sub-module ``name`` on grouped ``x``: by its rule, or its own trace.
+
+        For rules of modules that run their children themselves (see the class docstring).
+        """
+        module = self.modules[name]
+        rule = batched_module_rule(module)
+        if rule is not None:
+            return rule.run(module, name, x, params, context)
+        if name not in self._children:
+            self._children[name] = self._prepare(_trace(module), name)
+        return self._run_graph(self._children[name], x, params, context)
+
+    def _check(self, node: fx.Node, traced: _TracedGraph) -> None:
         if node.op in ("placeholder", "output"):
             return
         if node.op == "get_attr":
             raise BatchingUnsupportedError(f"direct parameter access {node.target!r}")
         if node.op == "call_module":
-            module = self.modules[str(node.target)]
+            module = self.modules[traced.qualified(node.target)]
             rule = batched_module_rule(module)
             if rule is None:
                 raise BatchingUnsupportedError(
@@ -555,52 +613,52 @@ class TaskBatchedModel:
         Modules see the pass's step and phase in the forward context, and inherit its
         other fields (temperature, sub-network) from the caller's.
         """
+        context = replace(context, engine=self)
         with forward_context(step=context.step, phase=context.phase):
-            return self._replay(params, x, context)
+            out = self._run_graph(self.root, to_grouped(x), params, context)
+        if out.dim() != 2:
+            raise BatchingUnsupportedError("the model must return (N, K) logits")
+        return from_grouped(out, x.shape[0])
 
-    def _replay(self, params: Params, x: Tensor, context: BatchedNormContext) -> Tensor:
-        tasks = x.shape[0]
+    def _run_graph(
+        self, traced: _TracedGraph, x: Tensor, params: Params, context: BatchedNormContext
+    ) -> Tensor:
+        """Replay ``traced`` on grouped ``x``; the grouped output."""
         env: dict[fx.Node, Any] = {}
 
         def load(arg: Any) -> Any:
             return fx.node.map_arg(arg, lambda n: env[n])
 
         out: Any = None
-        for node in self.graph.nodes:
+        for node in traced.graph.nodes:
             if node in env:  # a ReLU done with its batch norm
                 continue
             if node.op == "placeholder":
-                env[node] = to_grouped(x)
+                env[node] = x
             elif node.op == "output":
                 out = load(node.args[0])
-            elif node.op == "call_module" and node in self.relu_after:
+            elif node.op == "call_module" and node in traced.relu_after:
                 (value,) = load(node.args)
-                name = str(node.target)
+                name = traced.qualified(node.target)
                 module = self.modules[name]
                 assert isinstance(module, MetaBatchNorm2d)
                 weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
-                relu = self.relu_after[node]
+                relu = traced.relu_after[node]
                 env[node] = env[relu] = _batch_norm(
                     module, name, value, weight, bias, context, relu=True
                 )
             elif node.op == "call_module":
                 (value,) = load(node.args)
-                env[node] = self._module(str(node.target), value, params, context)
+                env[node] = self.run_module(traced.qualified(node.target), value, params, context)
             elif node.op == "call_function":
                 args, kwargs = load(node.args), load(node.kwargs)
                 env[node] = self._function(node.target, args, kwargs)
             else:  # call_method
                 args, kwargs = load(node.args), load(node.kwargs)
                 env[node] = self._method(str(node.target), args, kwargs)
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            raise BatchingUnsupportedError("the model must return (N, K) logits")
-        return from_grouped(out, tasks)
-
-    def _module(self, name: str, x: Tensor, params: Params, context: BatchedNormContext) -> Tensor:
-        module = self.modules[name]
-        rule = batched_module_rule(module)
-        assert rule is not None  # checked when traced
-        return rule.run(module, name, x, params, context)
+        if not isinstance(out, Tensor):
+            raise BatchingUnsupportedError("a batched module must return one tensor")
+        return out
 
     @staticmethod
     def _function(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
