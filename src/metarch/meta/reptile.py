@@ -120,6 +120,8 @@ class Reptile(MetaLearner):
         batching: ``"auto"`` (task-batched, or a loop over tasks for models the engine
             cannot trace and for ``adam_state="sequential"``), ``"batched"`` or ``"loop"``.
         support_group: Task-batched: tasks adapted together (bounds the memory).
+        query_chunk: Task-batched: tasks whose query passes (the reported metrics) run
+            together.
         task_threads: Task-batched: shards of tasks run by threads of their own (``None``:
             ``torch.get_num_threads()``).
     """
@@ -141,6 +143,7 @@ class Reptile(MetaLearner):
         loss: str | TaskLoss = "cross_entropy",
         batching: Batching = "auto",
         support_group: int = 8,
+        query_chunk: int = 1,
         task_threads: int | None = None,
     ) -> None:
         super().__init__()
@@ -153,8 +156,8 @@ class Reptile(MetaLearner):
         for size in (inner_batch_size, eval_batch_size):
             if size is not None and size < 1:
                 raise ValueError(f"inner batch sizes must be >= 1 or None, got {size}")
-        if support_group < 1:
-            raise ValueError(f"support_group must be positive, got {support_group}")
+        if support_group < 1 or query_chunk < 1:
+            raise ValueError("support_group and query_chunk must be positive")
         if task_threads is not None and task_threads < 1:
             raise ValueError(f"task_threads must be positive or None, got {task_threads}")
         if inner_optimizer == "sgd" and adam_state == "sequential":
@@ -186,6 +189,7 @@ class Reptile(MetaLearner):
                 "adam_state='sequential' runs tasks one after another: use batching='loop'"
             )
         self.support_group = support_group
+        self.query_chunk = query_chunk
         self.task_threads = task_threads
         self._batched: TaskBatchedModel | None = None
         self.config = InnerLoopConfig(steps=steps, first_order=True, norm_policy=NormPolicy.TASK)
@@ -398,11 +402,17 @@ class Reptile(MetaLearner):
                         part = v.detach().sum(dim=0)
                         previous = second_moments.get(name)
                         second_moments[name] = part if previous is None else previous + part
+                # Query passes a few tasks at a time: large activations of many tasks at
+                # once cost more in fresh memory than they gain.
                 with torch.no_grad():
                     context = BatchedNormContext(step=self.steps, first_order=True)
-                    outputs = batched(adapted, batch.query_x[g0:g1], context)
-                    losses += float(self.task_loss.per_task(outputs, batch.query_y[g0:g1]).sum())
-                    scores += float(self.task_loss.score(outputs, batch.query_y[g0:g1]).sum())
+                    for c0 in range(g0, g1, self.query_chunk):
+                        c1 = min(g1, c0 + self.query_chunk)
+                        chunk = {n: p[c0 - g0 : c1 - g0] for n, p in adapted.items()}
+                        outputs = batched(chunk, batch.query_x[c0:c1], context)
+                        targets = batch.query_y[c0:c1]
+                        losses += float(self.task_loss.per_task(outputs, targets).sum())
+                        scores += float(self.task_loss.score(outputs, targets).sum())
             return adapted_sum, losses, scores, second_moments if self.carries_adam_state else None
 
         threads = self.task_threads or torch.get_num_threads()
