@@ -5,6 +5,7 @@ path."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Literal
 
@@ -12,10 +13,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from metarch.data.episodes import EpisodeBatch
+from metarch.data.episodes import EpisodeBatch, EpisodeSampler
+from metarch.data.omniglot import OmniglotSet
+from metarch.data.pools import ClassPool
 from metarch.meta import META_LEARNERS, Reptile, create_meta_learner
 from metarch.meta.losses import TaskLoss
 from metarch.meta.reptile import _draw_mini_batches
+from metarch.models import FewShotClassifier, create_model
 from tests.meta.helpers import make_batch, tiny_classifier
 
 DTYPE = torch.float64
@@ -448,3 +452,49 @@ def test_registered_and_validated() -> None:
     with pytest.raises(ValueError, match="sequential"):
         Reptile(Point(torch.zeros(2)), adam_state="sequential", batching="batched")
     assert Reptile(Point(torch.zeros(2)), adam_state="sequential").batching == "loop"
+
+
+def test_matches_fine_tuned_copies_on_a_fixed_omniglot_seed(background: OmniglotSet) -> None:
+    # Real episodes (background alphabets with rotations, seed 0), the shipped config's
+    # Conv-4 and inner loop, both paths: the meta-gradient of the core equals that of a
+    # copy trained with torch.optim.Adam per task (Reptile before the shared core).
+    batch = EpisodeSampler(ClassPool.whole(background).with_rotations(), 5, 1, 9, seed=0).sample(3)
+    batch = dataclasses.replace(
+        batch,
+        support_images=batch.support_images.double(),
+        query_images=batch.query_images.double(),
+    )
+    x = torch.cat([batch.support_images, batch.query_images], dim=1)
+    y = torch.cat([batch.support_labels, batch.query_labels], dim=1)
+    torch.manual_seed(3)
+    batches = _draw_mini_batches(3, x.shape[1], 10, 5, x.device)
+    assert batches is not None
+    torch.manual_seed(0)
+    reference_model = FewShotClassifier(create_model("conv4"), 5, (1, 28, 28)).double()
+    # A warm carried state: a fresh Adam's first step, lr * sign(g), turns the rounding
+    # noise of the (zero) gradients of convolution biases before batch norm into steps.
+    size = sum(p.numel() for p in reference_model.parameters())
+    warm = torch.full((size,), 1e-4, dtype=DTYPE)
+    copies = [
+        fine_tuned_copy(reference_model, x[t], y[t], [b[t] for b in batches], 5, 1e-3, warm, 100)[0]
+        for t in range(3)
+    ]
+    for batching in ("loop", "batched"):
+        model = copy.deepcopy(reference_model)
+        learner = Reptile(
+            model,
+            inner_lr=1e-3,
+            steps=5,
+            inner_batch_size=10,
+            batching=batching,
+        )
+        learner.get_buffer("inner_adam_second_moment").copy_(warm)
+        learner.get_buffer("inner_adam_step").fill_(100)
+        torch.manual_seed(3)
+        learner.compute_meta_gradients(batch)
+        for (name, theta), *adapted in zip(
+            model.named_parameters(), *(c.parameters() for c in copies), strict=True
+        ):
+            expected = theta.detach() - torch.stack([a.detach() for a in adapted]).mean(0)
+            assert theta.grad is not None, name
+            torch.testing.assert_close(theta.grad, expected, rtol=1e-6, atol=1e-9, msg=name)
