@@ -147,8 +147,22 @@ def _worker(
     # The processes share the machine's cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     _initialise_from_environment()
+    _run_then_tear_down(fn, args)
+
+
+def _run_then_tear_down(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """``fn(*args)`` in the process group, then leave it together with the other ranks.
+
+    Only rank 0 validates and writes the final checkpoint after the last step; the other
+    ranks would otherwise tear down at once and exit, closing their connections while
+    rank 0 is still working, and gloo may then abort rank 0 ("terminate called without an
+    active exception") before its final checkpoint is on disk. The barrier makes every
+    rank wait until rank 0 is done. After an error there is no barrier: the other ranks
+    may never reach it.
+    """
     try:
         fn(*args)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -161,10 +175,7 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
     """
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ and not dist.is_initialized():
         _initialise_from_environment()
-        try:
-            fn(*args)
-        finally:
-            dist.destroy_process_group()
+        _run_then_tear_down(fn, args)
         return
     if nproc <= 1:
         fn(*args)
