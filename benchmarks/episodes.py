@@ -15,6 +15,11 @@ is reported beside it.
 Usage::
 
     python benchmarks/episodes.py [--data-root DIR] [--seconds 3] [--json]
+        [--publish | --out FILE]
+
+The JSON goes to ``runs/benchmarks/episodes.json``; ``--publish`` writes the published
+``benchmarks/results/episodes.json`` instead (BENCHMARKS.md's table is generated from it by
+``benchmarks/tables.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from metarch.data.omniglot import load_omniglot
 from metarch.data.pools import ClassPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import write_report
+from report import add_output_arguments, output_path, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
@@ -104,8 +109,9 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one timing window")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "episodes.json"))
+    add_output_arguments(parser, "episodes")
     args = parser.parse_args()
+    out = output_path(args, "episodes")
 
     torch.set_num_threads(1)
     background = load_omniglot("background", args.data_root)
@@ -142,7 +148,7 @@ def main() -> None:
         "image_size": 28,
         "classes": background.num_classes,
     }
-    if write_report(report, args.out, as_json=args.json):
+    if write_report(report, out, as_json=args.json):
         return
     print(f"{'shape':<12}{'metarch x32':>14}{'metarch x1':>13}{'learn2learn':>13}{'ratio x32':>11}")
     for shape, rates in episodes_per_s.items():
@@ -154,7 +160,7 @@ def main() -> None:
         )
     if "error" in peer:
         print(f"learn2learn not measured: {peer['error']}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

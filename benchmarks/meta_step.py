@@ -26,6 +26,11 @@ Usage::
     python benchmarks/meta_step.py [--iterations 3] [--steps 1 5] [--orders second first]
         [--impls metarch-loop metarch-batched learn2learn higher torchopt]
         [--allocator glibc|jemalloc|tcmalloc] [--rounds 1] [--json]
+        [--publish [NAME] | --out FILE]
+
+The JSON goes to ``runs/benchmarks/meta_step.json``; ``--publish`` writes the published
+``benchmarks/results/meta_step.json`` (``--publish NAME``: ``benchmarks/results/NAME.json``)
+instead, from which ``benchmarks/tables.py`` generates BENCHMARKS.md's tables.
 """
 
 from __future__ import annotations
@@ -47,7 +52,13 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import peak_rss_mb, rss_mb, write_report  # noqa: E402 (benchmarks are scripts, not a package)
+from report import (  # noqa: E402 (benchmarks are scripts, not a package)
+    add_output_arguments,
+    output_path,
+    peak_rss_mb,
+    rss_mb,
+    write_report,
+)
 
 PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", ROOT / ".venv-peers")) / "bin" / "python"
 PEERS = ("learn2learn", "higher", "torchopt")
@@ -351,7 +362,7 @@ def main() -> None:
     parser.add_argument("--allocator", choices=sorted(ALLOCATORS), default="glibc")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "meta_step.json"))
+    add_output_arguments(parser, "meta_step")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--first-order", action="store_true", help=argparse.SUPPRESS)
@@ -363,6 +374,7 @@ def main() -> None:
         run_metarch_worker(args)
         return
 
+    out = output_path(args, "meta_step")
     args.preload = find_allocator(args.allocator)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -440,7 +452,7 @@ def main() -> None:
         "gemm_peak_gflops": peak,
         "threads": args.threads,
     }
-    if write_report(report, args.out, as_json=args.json):
+    if write_report(report, out, as_json=args.json):
         return
     print(f"GEMM peak: {peak:.0f} GFLOP/s ({args.threads} threads); data: {source}")
     columns = [("impl", "<22"), ("steps", ">6"), ("order", ">8"), ("s/iter", ">9")]
@@ -471,7 +483,7 @@ def main() -> None:
             else "none of metarch's implementations"
         )
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ meta-gradient from the eager loop's.
 Usage::
 
     python benchmarks/meta_step_compile.py [--threads 2] [--iterations 3]
-        [--compile-tasks 4] [--variants ...] [--json]
+        [--compile-tasks 4] [--variants ...] [--json] [--publish | --out FILE]
+
+The JSON goes to ``runs/benchmarks/meta_step_compile.json``; ``--publish`` writes the
+published ``benchmarks/results/meta_step_compile.json`` instead (BENCHMARKS.md's table is
+generated from it by ``benchmarks/tables.py``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import meta_step  # noqa: E402 (benchmarks are scripts, not a package)
-from report import peak_rss_mb, write_report  # noqa: E402
+from report import add_output_arguments, output_path, peak_rss_mb, write_report  # noqa: E402
 
 VARIANTS = ("eager-loop", "compiled-loop", "eager-vmap", "compiled-vmap")
 Params = dict[str, Tensor]
@@ -161,9 +165,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--compile-tasks", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks/results/meta_step_compile.json"
-    )
+    add_output_arguments(parser, "meta_step_compile")
     parser.add_argument("--json", action="store_true")
     # Worker mode (internal).
     parser.add_argument("--worker", choices=VARIANTS)
@@ -232,7 +234,7 @@ def main() -> None:
             f"{row['seconds_per_32_tasks']:>13.2f}{row['speed_vs_eager_loop']:>9.2f}x"
             f"{row['peak_rss_mb']:>9.0f}{diff if diff is not None else float('nan'):>11.1e}"
         )
-    if not write_report(report, args.out, as_json=args.json):
+    if not write_report(report, output_path(args, "meta_step_compile"), as_json=args.json):
         print("\n".join(lines))
 
 

@@ -14,8 +14,13 @@ evaluated again, not retrained; interrupted ones resume.
 Usage::
 
     python benchmarks/omniglot.py [--configs omniglot-protonet-5w1s ...] [--runs runs/omniglot]
-        [--set steps=100] [--episodes 1000] [--tta 8] [--json] [--out FILE]
+        [--set steps=100] [--episodes 1000] [--tta 8] [--json] [--publish [NAME] | --out FILE]
         [--merge-into benchmarks/results/omniglot.json]
+
+The JSON goes to ``runs/benchmarks/omniglot.json``; ``--publish`` writes the published
+``benchmarks/results/omniglot.json`` (``--publish NAME``: ``benchmarks/results/NAME.json``)
+instead, from which ``benchmarks/tables.py`` generates BENCHMARKS.md's table. Run folders
+are recorded relative to the repository root.
 
 ``--merge-into`` folds this call's rows into an existing table (the one BENCHMARKS.md
 reports): the rows of the configs run here replace that table's rows of the same configs,
@@ -37,7 +42,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command_line, write_json, write_report  # noqa: E402 (benchmarks are scripts, not a package)
+from report import (  # noqa: E402 (benchmarks are scripts, not a package)
+    add_output_arguments,
+    command_line,
+    output_path,
+    repo_relative,
+    write_json,
+    write_report,
+)
 
 
 def metarch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -145,9 +157,10 @@ def main() -> None:
     )
     parser.add_argument("--tta-strength", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "omniglot.json"))
+    add_output_arguments(parser, "omniglot")
     parser.add_argument("--merge-into", default=None, help="an existing table to fold rows into")
     args = parser.parse_args()
+    out = output_path(args, "omniglot")
 
     paths = shipped_configs("omniglot-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
@@ -156,11 +169,11 @@ def main() -> None:
         run = Path(args.runs) / path.stem
         seconds, error = train_or_resume(path, run, data, args.overrides)
         if error is not None:
-            rows.append({"config": path.stem, "run": str(run), "error": error})
+            rows.append({"config": path.stem, "run": repo_relative(run), "error": error})
             continue
         common = {
             "config": path.stem,
-            "run": str(run),
+            "run": repo_relative(run),
             "steps": json.loads((run / "last.json").read_text())["step"],
             "train_seconds_this_call": seconds,
             "train_seconds_total": total_train_seconds(run),
@@ -178,7 +191,7 @@ def main() -> None:
         "episodes": args.episodes,
         "rows": rows,
     }
-    printed = write_report(report, args.out, as_json=args.json)
+    printed = write_report(report, out, as_json=args.json)
     if args.merge_into:
         merge_rows(Path(args.merge_into), rows, command_line())
     if printed:
@@ -191,7 +204,7 @@ def main() -> None:
         accuracy = f"{row['accuracy']:.2f} ± {row['ci95']:.2f}"
         hours = (row["train_seconds_total"] or 0) / 3600
         print(f"{row['config']:<28}{row['task']:<44}{accuracy:>16}{row['steps']:>8}{hours:>9.2f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def merge_rows(

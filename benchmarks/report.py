@@ -1,7 +1,16 @@
-"""What every benchmark script shares: machine facts and writing its JSON report."""
+"""What every benchmark script shares: machine facts and writing its JSON report.
+
+Where a report goes: every script writes its JSON under ``runs/benchmarks/`` by default (a
+draft, never committed); ``--publish`` writes the published results under
+``benchmarks/results/`` instead, from which ``benchmarks/tables.py`` generates the tables of
+BENCHMARKS.md; ``--out FILE`` overrides both. Paths recorded in a report are relative to the
+repository root where they lie inside it (:func:`repo_relative`), so a published JSON does
+not carry the file system of the machine that ran it.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,7 +22,68 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["command_line", "machine", "peak_rss_mb", "rss_mb", "write_json", "write_report"]
+__all__ = [
+    "DRAFTS",
+    "RESULTS",
+    "ROOT",
+    "add_output_arguments",
+    "command_line",
+    "machine",
+    "output_path",
+    "peak_rss_mb",
+    "repo_relative",
+    "rss_mb",
+    "write_json",
+    "write_report",
+]
+
+#: The repository root.
+ROOT = Path(__file__).resolve().parents[1]
+#: The published results, from which BENCHMARKS.md's tables are generated (``--publish``).
+RESULTS = ROOT / "benchmarks" / "results"
+#: Where a benchmark writes its JSON by default (``runs/`` is not committed).
+DRAFTS = ROOT / "runs" / "benchmarks"
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root if it lies inside it, else as given.
+
+    A relative ``path`` is taken relative to the working directory first, so
+    ``runs/x`` given from the repository root and ``/abs/repo/runs/x`` both give ``runs/x``.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        return resolved.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--out`` and ``--publish``, the same in every benchmark script (see :func:`output_path`)."""
+    parser.add_argument(
+        "--publish",
+        nargs="?",
+        const=name,
+        default=None,
+        metavar="NAME",
+        help=f"write the published results benchmarks/results/NAME.json (default NAME: {name}), "
+        "from which benchmarks/tables.py generates BENCHMARKS.md's tables",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"write the JSON here instead (default: runs/benchmarks/{name}.json)",
+    )
+
+
+def output_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a script's JSON goes: ``--out``, else ``--publish``'s published file, else a
+    draft under ``runs/benchmarks/``."""
+    if args.out:
+        return Path(args.out)
+    if args.publish:
+        return RESULTS / f"{args.publish}.json"
+    return DRAFTS / f"{name}.json"
 
 
 def machine() -> dict[str, Any]:
@@ -41,8 +111,17 @@ def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> b
 
 
 def command_line() -> str:
-    """The command that runs this script, as BENCHMARKS.md quotes it."""
-    return " ".join(["python", *sys.argv])
+    """The command that runs this script, as BENCHMARKS.md quotes it (paths inside the
+    repository relative to its root)."""
+    return " ".join(["python", *(_relative_argument(argument) for argument in sys.argv)])
+
+
+def _relative_argument(argument: str) -> str:
+    """An absolute path inside the repository (alone or as ``--option=PATH``), made relative."""
+    option, equals, value = argument.rpartition("=") if "=" in argument else ("", "", argument)
+    if not value.startswith("/"):
+        return argument
+    return f"{option}{equals}{repo_relative(value)}"
 
 
 def write_json(data: dict[str, Any], out: str | Path) -> None:

@@ -1,0 +1,515 @@
+"""The results tables of BENCHMARKS.md, generated from the published JSON in benchmarks/results/.
+
+Every table whose numbers come from a results JSON sits in BENCHMARKS.md between
+``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` markers, under a comment saying which
+command regenerates it from which JSON; the prose around the tables stays hand-written.
+:data:`SECTIONS` maps each section name to its JSON file(s) and its renderer, a pure
+function of the loaded JSON that returns the section's markdown lines. A section whose
+begin marker is indented (a table inside a list item) is indented alike.
+
+The benchmark scripts publish into ``benchmarks/results/`` only with ``--publish`` (see
+``benchmarks/report.py``); regenerate the tables after publishing, and
+``tests/benchmarks/test_tables.py`` fails while BENCHMARKS.md and the JSON disagree.
+
+Usage::
+
+    python benchmarks/tables.py [BENCHMARKS.md]          # rewrite every section (atomically)
+    python benchmarks/tables.py --check [BENCHMARKS.md]  # exit 1 listing the stale sections
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENT = ROOT / "BENCHMARKS.md"
+COMMAND = "python benchmarks/tables.py"
+
+Table = dict[str, Any]
+Renderer = Callable[..., list[str]]
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def sci(value: float | None, missing: str = "n/a") -> str:
+    """``2.5e-5`` (two significant digits, no padded exponent); ``0`` for an exact zero."""
+    if value is None:
+        return missing
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def impl_name(impl: str) -> str:
+    """``metarch-batched-small`` -> ``metarch batched-small``; ``torchopt`` -> ``TorchOpt``."""
+    if impl.startswith("metarch-"):
+        return "metarch " + impl.removeprefix("metarch-")
+    return {"torchopt": "TorchOpt"}.get(impl, impl)
+
+
+def short_name(impl: str) -> str:
+    """An implementation as a ratio names it: ``batched-small``, ``learn2learn``."""
+    return impl_name(impl).removeprefix("metarch ")
+
+
+def bold(text: str, on: bool = True) -> str:
+    return f"**{text}**" if on else text
+
+
+# -- episode sampling ------------------------------------------------------------------
+
+
+def episodes_table(report: Table) -> list[str]:
+    """Episodes per second, metarch (meta-batch and one per call) against learn2learn."""
+    batch = report["meta_batch"]
+    lines = [
+        f"| episode shape | metarch, meta-batch of {batch} | metarch, 1 per call | learn2learn "
+        "| ratio (meta-batch) | ratio (1 per call) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for shape, rates in report["episodes_per_s"].items():
+        ways, shots, queries = re.fullmatch(r"(\d+)w(\d+)s(\d+)q", shape).groups()  # type: ignore[union-attr]
+        ratio = report["ratios"].get(shape)
+        l2l = rates.get("learn2learn")
+        peer = "n/a" if l2l is None else f"{l2l:,.0f} /s"
+        batched = bold(f"{ratio['meta_batch']:.1f}x") if ratio else "n/a"
+        single = f"{ratio['per_call']:.1f}x" if ratio else "n/a"
+        lines.append(
+            f"| {ways}-way {shots}-shot {queries}-query | {rates['metarch_meta_batch']:,.0f} /s "
+            f"| {rates['metarch_per_call']:,.0f} /s | {peer} | {batched} | {single} |"
+        )
+    return lines
+
+
+# -- MAML meta-iterations --------------------------------------------------------------
+
+#: The implementation the full-run table puts in bold.
+HEADLINE = "metarch-batched"
+#: Footnote markers of BENCHMARKS.md under the full-run table: (1) no meta-gradient to
+#: compare, (2) no such mode in that library.
+NO_GRADIENT, UNSUPPORTED = "n/a (1)", "n/a (2)"
+
+
+def meta_step_full(report: Table) -> list[str]:
+    """Every implementation, inner steps and order of one ``meta_step.py`` run."""
+    lines = [
+        "| implementation | steps | order | s / iteration | GFLOP/s | % of GEMM peak "
+        "| peak RSS MB | set-up MB | max abs diff vs learn2learn | max abs diff vs float64 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["results"]:
+        head = impl_name(row["impl"])
+        headline = row["impl"] == HEADLINE
+        if "seconds_per_iteration" not in row:
+            reason = UNSUPPORTED if "unsupported" in row else f"error: {row.get('error')}"
+            lines.append(f"| {head} | {row['steps']} | {row['order']} | {reason} | | | | | | |")
+            continue
+        diffs = [
+            sci(row.get(f"max_abs_grad_diff_vs_{k}"), NO_GRADIENT)
+            for k in ("learn2learn", "float64")
+        ]
+        seconds = bold(f"{row['seconds_per_iteration']:.3f}", headline)
+        lines.append(
+            f"| {bold(head, headline)} | {row['steps']} | {row['order']} | {seconds} "
+            f"| {row['gflops_per_s']:.1f} | {100 * row['fraction_of_gemm_peak']:.1f} "
+            f"| {row['peak_rss_mb']:,.0f} | {row['setup_rss_mb']:,.0f} | {diffs[0]} | {diffs[1]} |"
+        )
+    return lines
+
+
+#: How the alternating-rounds table qualifies metarch's batched implementations.
+ROUNDS_NOTES = {
+    "metarch-batched": "task threads",
+    "metarch-batched-small": "task threads",
+    "metarch-batched-lean": "task threads",
+    "metarch-batched-intraop": "before",
+}
+#: The pair the last row of the alternating-rounds table compares (speed and memory).
+LEAN_PAIR = ("metarch-batched-lean", "learn2learn")
+
+
+def meta_step_rounds(*runs: Table) -> list[str]:
+    """Alternating rounds of the same implementations under several allocators, side by side."""
+    allocators = [run["allocator"] for run in runs]
+    by_impl = [{r["impl"]: r for r in run["results"]} for run in runs]
+    impls = list(dict.fromkeys(impl for rows in by_impl for impl in rows))
+    fastest = [run["fastest_metarch"] for run in runs]
+    header = "| implementation |"
+    for allocator in allocators:
+        header += f" {allocator} s / iteration | {allocator} peak RSS MB |"
+    lines = [header, "|---|" + "---:|---:|" * len(runs)]
+    for impl in impls:
+        name = impl_name(impl) + (f" ({ROUNDS_NOTES[impl]})" if impl in ROUNDS_NOTES else "")
+        cells = [bold(name, impl == fastest[0])]
+        for rows, best in zip(by_impl, fastest, strict=True):
+            row = rows.get(impl, {})
+            took = row.get("seconds_per_iteration")
+            if took is None:
+                cells += [row.get("error") or row.get("unsupported") or "-", ""]
+                continue
+            cells += [bold(f"{took:.3f}", impl == best), f"{row['peak_rss_mb']:,.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    ratios, frugal, lean = [], [], []
+    for run, rows in zip(runs, by_impl, strict=True):
+        peer = rows.get(run["fastest_peer"], {})
+        ratio = run.get("ratio_vs_fastest_peer")
+        ratios.append(
+            bold(f"{ratio:.2f}x")
+            + f" ({short_name(run['fastest_metarch'])} vs {impl_name(run['fastest_peer'])})"
+            if ratio
+            else "-"
+        )
+        within = run.get("fastest_metarch_within_peer_memory")
+        if within:
+            frugal.append(
+                f"{run['ratio_vs_fastest_peer_within_its_memory']:.2f}x ({short_name(within)}, "
+                f"{rows[within]['peak_rss_mb']:,.0f} vs {peer['peak_rss_mb']:,.0f} MB)"
+            )
+        else:
+            frugal.append(f"none ({impl_name(run['fastest_peer'])} {peer['peak_rss_mb']:,.0f} MB)")
+        ours, theirs = (rows.get(impl, {}) for impl in LEAN_PAIR)
+        if ours.get("seconds_per_iteration") and theirs.get("seconds_per_iteration"):
+            lean.append(
+                f"{theirs['seconds_per_iteration'] / ours['seconds_per_iteration']:.2f}x "
+                f"({ours['peak_rss_mb']:,.0f} vs {theirs['peak_rss_mb']:,.0f} MB)"
+            )
+        else:
+            lean.append("-")
+    lines.append("| **fastest metarch vs fastest peer** | " + " | | ".join(ratios) + " | |")
+    lines.append(
+        "| fastest metarch within the fastest peer's memory | " + " | | ".join(frugal) + " | |"
+    )
+    ours_name, theirs_name = (short_name(impl) for impl in LEAN_PAIR)
+    lines.append(
+        f"| {ours_name} vs {theirs_name} (speed, peak RSS) | " + " | | ".join(lean) + " | |"
+    )
+    return lines
+
+
+def meta_step_compile(report: Table) -> list[str]:
+    """Eager against compiled, loop against vmap (``meta_step_compile.py``).
+
+    The eager loop on the compiled loop's few tasks (the reference of its gradient) is left
+    out: it only serves that comparison.
+    """
+    tasks = max(row["tasks"] for row in report["rows"])
+    lines = [
+        "| variant | compile s | s / iteration | vs eager loop | peak RSS MB | max abs grad diff |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        variant = row["variant"]
+        eager = variant.startswith("eager")
+        if eager and row["tasks"] != tasks:
+            continue
+        name = variant.replace("-", " ")
+        if variant.endswith("loop"):
+            name += f" ({row['tasks']} tasks{', scaled' if row['tasks'] != tasks else ''})"
+        if "error" in row:
+            lines.append(f"| {name} | error: {row['error']} | | | | |")
+            continue
+        if "max_abs_diff_vs_metarch_loop" in row:
+            diff = f"{sci(row['max_abs_diff_vs_metarch_loop'])} (vs metarch)"
+        else:
+            diff = sci(row.get("max_abs_grad_diff"))
+        compile_seconds = "-" if eager else f"{row['compile_seconds']:.1f}"
+        lines.append(
+            f"| {name} | {compile_seconds} | {row['seconds_per_32_tasks']:.2f} "
+            f"| {row['speed_vs_eager_loop']:.2f}x | {row['peak_rss_mb']:,.0f} | {diff} |"
+        )
+    return lines
+
+
+# -- Omniglot --------------------------------------------------------------------------
+
+#: Order of the methods in the Omniglot table (by the config name's second part).
+OMNIGLOT_METHODS = ("protonet", "maml", "fomaml", "reptile")
+
+
+def omniglot_table(report: Table) -> list[str]:
+    """Accuracy on held-out alphabets of every Omniglot run, its steps and training time.
+
+    Rows are grouped by method, then by config in order of first appearance; a config's own
+    task comes first (in bold, except in rows kept for comparison) and rows kept for
+    comparison (with a ``note``) follow the config's current rows, their notes listed under
+    the table.
+    """
+    rows = report["rows"]
+    first: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault(row["config"], index)
+
+    def key(item: tuple[int, Table]) -> tuple[int, int, bool, int]:
+        index, row = item
+        method = row["config"].split("-")[1]
+        rank = OMNIGLOT_METHODS.index(method) if method in OMNIGLOT_METHODS else len(rows)
+        return rank, first[row["config"]], "note" in row, index
+
+    lines = [
+        "| config | task (held-out alphabets) | accuracy (95 % CI) | steps | training time |",
+        "|---|---|---:|---:|---:|",
+    ]
+    notes: list[str] = []
+    previous: tuple[str, bool] | None = None
+    for _, row in sorted(enumerate(rows), key=key):
+        group = (row["config"], "note" in row)
+        new_group = group != previous
+        previous = group
+        config = row["config"] if "note" not in row else f"{row['config']}, earlier run"
+        if "note" in row and new_group:
+            notes.append(f"* {config}: {row['note']}.")
+        if "error" in row:
+            lines.append(f"| {config} | error: {row['error']} | | | |")
+            continue
+        task = row["task"].replace("within-alphabet", "within alphabet")
+        accuracy = f"{row['accuracy']:.2f} ± {row['ci95']:.2f} %"
+        if row.get("error_percent") is not None:
+            accuracy += f" (error {row['error_percent']:.2f} %)"
+        own = bool(row.get("own_task")) and "note" not in row
+        seconds = row.get("train_seconds_total")
+        minutes = f"{seconds / 60:.0f} min" if seconds is not None else "-"
+        steps = f"{row['steps']:,}" if new_group else ""
+        lines.append(
+            f"| {config if new_group else ''} | {bold(task, own)} | {bold(accuracy, own)} "
+            f"| {steps} | {minutes if new_group else ''} |"
+        )
+    if notes:
+        lines += ["", "Earlier runs kept for comparison:", "", *notes]
+    return lines
+
+
+# -- Tiny-ImageNet ---------------------------------------------------------------------
+
+CURVES_FIGURE = "benchmarks/results/tiny_imagenet_fs_curves.png"
+
+
+def tiny_imagenet_fs(table: Table, probe: Table | None = None) -> list[str]:
+    """Accuracy and cost of every Tiny-ImageNet baseline, their validation curves, the
+    image-size probe and the commands that produced the rows."""
+    machine = table.get("machine", {})
+    lines = [
+        f"Test classes `{table['test_pool']}` (32 classes never used in training or "
+        f"validation), 5-way, {table['queries']} queries a class, {table['episodes']} episodes "
+        "(seed 0), mean accuracy ± 95% CI. Cost of the inference network on this machine "
+        f"({machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, torch "
+        f"{machine.get('torch', '?')}): {table['latency']}. FLOPs per image count convolutions "
+        "and matrix products, 2 per multiply-add.",
+        "",
+        "| config | task | accuracy % | input | params | MFLOPs/image | latency ms/image "
+        "| steps | train h | best val % (step) | last val % | val gain, last quarter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(table["rows"], key=lambda r: (r["config"].rsplit("-", 1)[1], r["config"]))
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['config']} | error: {row['error']} |||||||||||")
+            continue
+        curve = row.get("validation") or []
+        best = max(curve, key=lambda r: r["accuracy"]) if curve else None
+        best_text = f"{best['accuracy']:.2f} ({best['step']:,})" if best else "-"
+        last_text = f"{curve[-1]['accuracy']:.2f}" if curve else "-"
+        shape = "x".join(str(v) for v in row["input_shape"])
+        hours = (row.get("train_seconds_total") or 0.0) / 3600
+        lines.append(
+            f"| {row['config']} | {row['task']} | {row['accuracy']:.2f} ± {row['ci95']:.2f} "
+            f"| {shape} | {row['parameters']:,} | {row['flops_per_image'] / 1e6:,.1f} "
+            f"| {row['latency_ms']:.2f} | {row['steps']:,} | {hours:.2f} | {best_text} "
+            f"| {last_text} | {last_quarter_gain(curve)} |"
+        )
+    lines += [
+        "",
+        "Validation curves (5-way episodes of the `val` classes, as each config validates):",
+        "",
+        f"![validation curves]({CURVES_FIGURE})",
+        "",
+        "| config | validation accuracy % by step |",
+        "|---|---|",
+    ]
+    for row in rows:
+        curve = row.get("validation") or []
+        points = ", ".join(f"{r['step']:,}: {r['accuracy']:.1f}" for r in curve) or "-"
+        lines.append(f"| {row['config']} | {points} |")
+    if probe is not None:
+        lines += probe_table(probe)
+    commands = table.get("commands") or [table.get("command", "")]
+    lines += [
+        "",
+        "Commands recorded in the JSON (each with `OMP_NUM_THREADS=1`, two at a time on the "
+        "two cores):",
+        "",
+        "```bash",
+        *commands,
+        "```",
+    ]
+    return lines
+
+
+def last_quarter_gain(curve: list[dict[str, float]]) -> str:
+    """Validation gain over the last quarter of training: whether a run had converged.
+
+    ``+2.1 (rising)`` when the gain exceeds the last validation's 95% CI, else ``flat``.
+    """
+    if len(curve) < 2:
+        return "-"
+    last = curve[-1]
+    threshold = 0.75 * last["step"]
+    earlier = [r for r in curve if r["step"] <= threshold] or curve[:1]
+    gain = last["accuracy"] - earlier[-1]["accuracy"]
+    verdict = "rising" if gain > last["ci95"] else "flat"
+    return f"{gain:+.1f} ({verdict})"
+
+
+def probe_table(probe: Table) -> list[str]:
+    """The image-size probe's table (the choice of 32x32 was made on validation classes)."""
+    lines = [
+        "",
+        f"Image size, chosen on validation classes: {probe['config']}; {probe['note']}.",
+        "",
+        "| image size | steps | seconds | validation accuracy % (5-way 1-shot) |",
+        "|---|---|---|---|",
+    ]
+    for row in probe["rows"]:
+        lines.append(
+            f"| {row['image_size']}x{row['image_size']} | {row['steps']} "
+            f"| {row['train_seconds']:.0f} | {row['val_accuracy']:.2f} ± {row['val_ci95']:.2f} |"
+        )
+    return lines
+
+
+# -- the registry and the document ------------------------------------------------------
+
+#: Section name -> (JSON files under benchmarks/results/, renderer called with them loaded).
+SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
+    "episodes": (("episodes.json",), episodes_table),
+    "meta-step-full": (("meta_step.json",), meta_step_full),
+    "meta-step-rounds": (
+        ("meta_step_rounds_glibc.json", "meta_step_rounds_tcmalloc.json"),
+        meta_step_rounds,
+    ),
+    "meta-step-compile": (("meta_step_compile.json",), meta_step_compile),
+    "omniglot": (("omniglot.json",), omniglot_table),
+    "tiny-imagenet-fs": (
+        ("tiny_imagenet_fs.json", "tiny_imagenet_fs_image_size.json"),
+        tiny_imagenet_fs,
+    ),
+}
+
+
+class SectionError(ValueError):
+    """A section's markers are missing, repeated or out of order."""
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The begin and end markers of section ``name``."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def render(name: str, results: Path = RESULTS) -> list[str]:
+    """Section ``name``'s markdown lines, from its JSON under ``results``."""
+    files, renderer = SECTIONS[name]
+    return renderer(*(json.loads((results / file).read_text()) for file in files))
+
+
+def section_text(name: str, lines: list[str], indent: str = "") -> str:
+    """The whole section, markers and provenance comment included."""
+    begin, end = markers(name)
+    sources = ", ".join(f"benchmarks/results/{file}" for file in SECTIONS[name][0])
+    comment = f"<!-- generated by `{COMMAND}` from {sources}; do not edit by hand -->"
+    body = [begin, comment, "", *lines, "", end]
+    return "\n".join(f"{indent}{line}" if line else line for line in body)
+
+
+def replace_section(text: str, name: str, lines: list[str]) -> str:
+    """``text`` with section ``name`` (found by its markers) holding ``lines``."""
+    begin, end = markers(name)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise SectionError(f"{name}: expected one {begin} and one {end}")
+    start, stop = text.index(begin), text.index(end) + len(end)
+    if stop < start:
+        raise SectionError(f"{name}: {end} before {begin}")
+    line_start = text.rfind("\n", 0, start) + 1
+    indent = text[line_start:start]
+    if indent.strip():
+        raise SectionError(f"{name}: {begin} must start its line")
+    return text[:line_start] + section_text(name, lines, indent) + text[stop:]
+
+
+def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """Every section of ``text`` regenerated, and the names of those that changed.
+
+    Raises:
+        SectionError: a section's markers are missing or malformed.
+    """
+    changed = []
+    for name in SECTIONS:
+        updated = replace_section(text, name, render(name, results))
+        if updated != text:
+            changed.append(name)
+        text = updated
+    return text, changed
+
+
+def stale_sections(document: Path = DOCUMENT, results: Path = RESULTS) -> list[str]:
+    """Sections of ``document`` that differ from what their JSON generates (or are missing)."""
+    text = document.read_text()
+    stale = []
+    for name in SECTIONS:
+        try:
+            if replace_section(text, name, render(name, results)) != text:
+                stale.append(name)
+        except SectionError:
+            stale.append(f"{name} (markers missing)")
+    return stale
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("document", nargs="?", type=Path, default=DOCUMENT)
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if a section is stale"
+    )
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_sections(args.document)
+        for name in stale:
+            print(f"{args.document}: section {name} differs from its JSON; run {COMMAND}")
+        return 1 if stale else 0
+    try:
+        text, changed = regenerate(args.document.read_text())
+    except SectionError as error:
+        print(f"{args.document}: {error}", file=sys.stderr)
+        return 1
+    if changed:
+        write_text_atomically(args.document, text)
+    print(f"{args.document}: regenerated {', '.join(changed) or 'nothing (up to date)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
