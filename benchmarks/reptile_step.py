@@ -24,7 +24,7 @@ carried state starts from a fixed warm value).
 Usage::
 
     python benchmarks/reptile_step.py [--iterations 5] [--rounds 3] [--threads 2]
-        [--impls imperative metarch-loop metarch-batched] [--json] [--out FILE]
+        [--impls imperative metarch-loop metarch-batched] [--json] [--publish | --out FILE]
 """
 
 from __future__ import annotations
@@ -44,9 +44,14 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import peak_rss_mb, rss_mb, write_report  # noqa: E402 (benchmarks are scripts)
+from report import (
+    add_output_arguments,
+    output_path,
+    peak_rss_mb,
+    rss_mb,
+    write_report,
+)
 
 WAYS, SHOTS, QUERIES, TASKS = 5, 1, 9, 5
 INNER_LR, STEPS, INNER_BATCH = 1e-3, 5, 10
@@ -243,7 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "reptile_step.json"))
+    add_output_arguments(parser, "reptile_step")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--grad-out", default=None, help=argparse.SUPPRESS)
@@ -300,7 +305,8 @@ def main() -> None:
         "threads": args.threads,
         "results": rows,
     }
-    if write_report(report, args.out, as_json=args.json):
+    out = output_path(args, "reptile_step")
+    if write_report(report, out, as_json=args.json):
         return
     print(f"threads: {args.threads}; data: {source}")
     print(f"{'impl':<18}{'s/iter':>9}{'x imperative':>14}{'RSS MB':>8}{'|dg|/|g| vs f64':>17}")
@@ -313,7 +319,7 @@ def main() -> None:
             f"{r.get('speedup_vs_imperative', float('nan')):>14.2f}{r['peak_rss_mb']:>8.0f}"
             f"{r.get('relative_grad_distance_vs_float64', float('nan')):>17.2e}"
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,32 @@ def episodes_table(report: Table) -> list[str]:
     return lines
 
 
+# -- Reptile meta-iterations -----------------------------------------------------------
+
+
+def reptile_step_table(report: Table) -> list[str]:
+    """Seconds per Reptile meta-iteration: the shared core against the imperative Reptile."""
+    lines = [
+        "| implementation | s / meta-iteration | speed-up vs imperative | peak RSS | "
+        "rounds (s) | meta-gradient vs float64 (relative L2) |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for row in report["results"]:
+        if "error" in row:
+            lines.append(f"| {impl_name(row['impl'])} | {row['error']} | | | | |")
+            continue
+        rounds = ", ".join(f"{s:.3f}" for s in row["round_seconds"])
+        speedup = row.get("speedup_vs_imperative")
+        lines.append(
+            f"| {bold(impl_name(row['impl']), row['impl'] == 'metarch-batched')} "
+            f"| {row['seconds_per_iteration']:.3f} "
+            f"| {'n/a' if speedup is None else bold(f'{speedup:.2f}x', speedup >= 2)} "
+            f"| {row['peak_rss_mb']:.0f} MB | {rounds} "
+            f"| {sci(row.get('relative_grad_distance_vs_float64'))} |"
+        )
+    return lines
+
+
 # -- MAML meta-iterations --------------------------------------------------------------
 
 #: The implementation the full-run table puts in bold.
@@ -399,6 +425,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         meta_step_rounds,
     ),
     "meta-step-compile": (("meta_step_compile.json",), meta_step_compile),
+    "reptile-step": (("reptile_step.json",), reptile_step_table),
     "omniglot": (("omniglot.json",), omniglot_table),
     "tiny-imagenet-fs": (
         ("tiny_imagenet_fs.json", "tiny_imagenet_fs_image_size.json"),

@@ -2,10 +2,13 @@
 
 Layout:
     base.py        the interface and the ``META_LEARNERS`` registry
-    functional.py  the functional inner loop (torch.func), shared by MAML-like methods
+    functional.py  the inner loop every gradient-based learner adapts through
     optim.py       inner-loop optimizers: differentiable init/update rules (INNER_OPTIMIZERS)
+    batched.py     the task-batched engine (many tasks' inner loops in one grouped pass;
+                   register_batched_module teaches it a module)
+    losses.py      task losses (TASK_LOSSES): classification, regression
     maml.py        MAML, first-order MAML, Meta-SGD, ANIL (and MAML++ options)
-    reptile.py     Reptile
+    reptile.py     Reptile (first order, on the same inner loop and engine)
     protonet.py    prototypical networks
     test_time.py   test-time augmentation for any of them
 """
