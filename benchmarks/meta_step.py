@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import (  # noqa: E402 (benchmarks are scripts, not a package)
     add_output_arguments,
+    episode_arrays,
     output_path,
     peak_rss_mb,
     rss_mb,
@@ -120,31 +121,7 @@ def write_inputs(folder: Path, data_root: str | None) -> str:
         for n in names
     }
     np.savez(folder / "weights.npz", **weights)  # type: ignore[arg-type]
-    source = "random images (Omniglot not found)"
-    try:
-        from metarch.data.episodes import EpisodeSampler
-        from metarch.data.omniglot import load_omniglot
-        from metarch.data.pools import ClassPool
-
-        background = load_omniglot("background", data_root)
-        pool = ClassPool.whole(background).with_rotations()
-        batch = EpisodeSampler(pool, WAYS, SHOTS, QUERIES, seed=0).sample(TASKS)
-        arrays = {
-            "support_x": batch.support_images.numpy(),
-            "support_y": batch.support_labels.numpy(),
-            "query_x": batch.query_images.numpy(),
-            "query_y": batch.query_labels.numpy(),
-        }
-        source = "Omniglot background with rotations, seed 0"
-    except Exception:  # the benchmark still runs, on random images
-        generator = torch.Generator().manual_seed(0)
-        labels = torch.arange(WAYS)
-        arrays = {
-            "support_x": torch.rand(TASKS, WAYS * SHOTS, 1, 28, 28, generator=generator).numpy(),
-            "support_y": labels.repeat_interleave(SHOTS).expand(TASKS, -1).numpy().copy(),
-            "query_x": torch.rand(TASKS, WAYS * QUERIES, 1, 28, 28, generator=generator).numpy(),
-            "query_y": labels.repeat_interleave(QUERIES).expand(TASKS, -1).numpy().copy(),
-        }
+    arrays, source = episode_arrays(WAYS, SHOTS, QUERIES, TASKS, data_root)
     np.savez(folder / "batch.npz", **arrays)  # type: ignore[arg-type]
     return source
 

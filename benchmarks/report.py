@@ -28,6 +28,7 @@ __all__ = [
     "ROOT",
     "add_output_arguments",
     "command_line",
+    "episode_arrays",
     "machine",
     "output_path",
     "peak_rss_mb",
@@ -155,3 +156,38 @@ def _status_mb(field: str) -> float:
         if line.startswith(field):
             return int(line.split()[1]) / 1024
     return -1.0
+
+
+def episode_arrays(
+    ways: int, shots: int, queries: int, tasks: int, data_root: str | None
+) -> tuple[dict[str, np.ndarray], str]:
+    """One meta-batch of Omniglot episodes as arrays (random images without Omniglot).
+
+    Returns:
+        ``support_x``, ``support_y``, ``query_x``, ``query_y`` and where they came from.
+    """
+    try:
+        from metarch.data.episodes import EpisodeSampler
+        from metarch.data.omniglot import load_omniglot
+        from metarch.data.pools import ClassPool
+
+        background = load_omniglot("background", data_root)
+        pool = ClassPool.whole(background).with_rotations()
+        batch = EpisodeSampler(pool, ways, shots, queries, seed=0).sample(tasks)
+        arrays = {
+            "support_x": batch.support_images.numpy(),
+            "support_y": batch.support_labels.numpy(),
+            "query_x": batch.query_images.numpy(),
+            "query_y": batch.query_labels.numpy(),
+        }
+        return arrays, "Omniglot background with rotations, seed 0"
+    except Exception:  # the benchmark still runs, on random images
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.arange(ways)
+        arrays = {
+            "support_x": torch.rand(tasks, ways * shots, 1, 28, 28, generator=generator).numpy(),
+            "support_y": labels.repeat_interleave(shots).expand(tasks, -1).numpy().copy(),
+            "query_x": torch.rand(tasks, ways * queries, 1, 28, 28, generator=generator).numpy(),
+            "query_y": labels.repeat_interleave(queries).expand(tasks, -1).numpy().copy(),
+        }
+        return arrays, "random images (Omniglot not found)"

@@ -47,6 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import (
     add_output_arguments,
+    episode_arrays,
     output_path,
     peak_rss_mb,
     rss_mb,
@@ -74,31 +75,7 @@ def build_model(dtype: torch.dtype = torch.float32) -> nn.Module:
 
 def write_batch(folder: Path, data_root: str | None) -> str:
     """One meta-batch of Omniglot episodes (random images without Omniglot) as .npz."""
-    try:
-        from metarch.data.episodes import EpisodeSampler
-        from metarch.data.omniglot import load_omniglot
-        from metarch.data.pools import ClassPool
-
-        background = load_omniglot("background", data_root)
-        pool = ClassPool.whole(background).with_rotations()
-        batch = EpisodeSampler(pool, WAYS, SHOTS, QUERIES, seed=0).sample(TASKS)
-        arrays = {
-            "support_x": batch.support_images.numpy(),
-            "support_y": batch.support_labels.numpy(),
-            "query_x": batch.query_images.numpy(),
-            "query_y": batch.query_labels.numpy(),
-        }
-        source = "Omniglot background with rotations, seed 0"
-    except Exception:  # the benchmark still runs, on random images
-        generator = torch.Generator().manual_seed(0)
-        labels = torch.arange(WAYS)
-        arrays = {
-            "support_x": torch.rand(TASKS, WAYS * SHOTS, 1, 28, 28, generator=generator).numpy(),
-            "support_y": labels.repeat_interleave(SHOTS).expand(TASKS, -1).numpy().copy(),
-            "query_x": torch.rand(TASKS, WAYS * QUERIES, 1, 28, 28, generator=generator).numpy(),
-            "query_y": labels.repeat_interleave(QUERIES).expand(TASKS, -1).numpy().copy(),
-        }
-        source = "random images (Omniglot not found)"
+    arrays, source = episode_arrays(WAYS, SHOTS, QUERIES, TASKS, data_root)
     np.savez(folder / "batch.npz", **arrays)  # type: ignore[arg-type]
     return source
 
