@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
+from typing import Any
 
 import pytest
+from annotated_types import Gt
 
 from metarch.meta import META_LEARNERS
 from metarch.models.registry import MODELS
-from metarch.registry import Registry, UnknownNameError, options_of
+from metarch.registry import (
+    PositiveFloat,
+    Registry,
+    UnknownNameError,
+    docstring_section,
+    options_of,
+)
 
 
 def test_lookup_suggests_the_closest_name() -> None:
@@ -56,3 +65,37 @@ def test_options_list_defaults_and_leave_out_fixed_ones() -> None:
     assert maml["inner_lr"] == 0.4 and maml["first_order"] is False
     fomaml = {o.name for o in META_LEARNERS.options("fomaml", skip=1)}
     assert "first_order" not in fomaml and "inner_lr" in fomaml
+
+
+def test_options_carry_their_range_and_help() -> None:
+    class Base:
+        """A base.
+
+        Args:
+            rate: Step size of the rule; a second sentence
+                that is not help. Really.
+            size (int): Examples per step, with a
+                continuation line.
+
+        Returns:
+            Nothing.
+        """
+
+        def __init__(self, rate: PositiveFloat = 0.1, size: int = 1) -> None:
+            pass
+
+    class Child(Base):
+        """A child with no Args section: its options' help comes from the base."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+
+    rate, size = options_of(Child)
+    assert rate.help == "Step size of the rule; a second sentence that is not help."
+    assert size.help == "Examples per step, with a continuation line."
+    assert typing.get_args(rate.annotation)[1] == Gt(0)  # the range is kept
+    assert docstring_section(Base.__doc__, "Returns") == {}
+    assert docstring_section(None, "Args") == {}
+    fomaml = {o.name: o.help for o in META_LEARNERS.options("fomaml", skip=1)}
+    assert fomaml["norm_policy"] == "Batch-norm statistics policy (see metarch.models.norm)."
+    assert fomaml["loss"].startswith("The task loss by name (TASK_LOSSES): cross_entropy")

@@ -3,6 +3,11 @@
 Every extensible family in metarch (data formats, backbones, meta-learners, search methods,
 devices) keeps a :class:`Registry`. Adding a new member is one decorator; the CLI and the
 config files then accept its name, and a misspelt name gets a suggestion.
+
+The options of a registered class or factory are its keyword parameters (:func:`options_of`):
+their annotations are the types a config is checked against, ranges included
+(``inner_lr: PositiveFloat = 0.4``), and the ``Args:`` section of its docstring is their
+help (``metarch config keys``).
 """
 
 from __future__ import annotations
@@ -11,15 +16,33 @@ import contextlib
 import difflib
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
+
+from annotated_types import Ge, Gt
 
 from metarch.errors import MetarchError
 
-__all__ = ["Option", "Registry", "UnknownNameError", "options_of"]
+__all__ = [
+    "NonNegativeInt",
+    "Option",
+    "PositiveFloat",
+    "PositiveInt",
+    "Registry",
+    "UnknownNameError",
+    "docstring_section",
+    "options_of",
+]
 
 T = TypeVar("T")
+
+# Option types with a range, checked where a config sets the option (pydantic reads the
+# annotated_types metadata); to Python and mypy they are plain int and float.
+PositiveFloat = Annotated[float, Gt(0)]
+PositiveInt = Annotated[int, Ge(1)]
+NonNegativeInt = Annotated[int, Ge(0)]
 
 
 class UnknownNameError(MetarchError, KeyError):
@@ -36,11 +59,13 @@ class Option(typing.NamedTuple):
         name: Keyword.
         annotation: Its type annotation (``Any`` if it has none).
         default: Its default, or ``inspect.Parameter.empty`` if it is required.
+        help: First sentence of its entry in the ``Args:`` section of the docstring.
     """
 
     name: str
     annotation: Any
     default: Any
+    help: str = ""
 
     @property
     def required(self) -> bool:
@@ -80,14 +105,68 @@ def options_of(target: Callable[..., Any], *, skip: int = 0) -> list[Option]:
         skip: Leading positional parameters that are not options (a learner's ``model``).
     """
     owner, fixed = _signature_owner(target)
-    hints = typing.get_type_hints(owner)
+    hints = typing.get_type_hints(owner, include_extras=True)  # keep the ranges
+    helps = _argument_help(target)
     parameters = [p for p in inspect.signature(owner).parameters.values() if p.name != "self"]
     return [
-        Option(p.name, hints.get(p.name, Any), p.default)
+        Option(p.name, hints.get(p.name, Any), p.default, helps.get(p.name, ""))
         for p in parameters[skip:]
         if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         and p.name not in fixed
     ]
+
+
+def _argument_help(target: Callable[..., Any]) -> dict[str, str]:
+    """Help of each argument, from the ``Args:`` sections of ``target`` and its bases."""
+    if isinstance(target, functools.partial):
+        target = target.func
+    documented = target.__mro__ if inspect.isclass(target) else (target,)
+    helps: dict[str, str] = {}
+    for obj in documented:
+        for name, text in docstring_section(obj.__doc__, "Args").items():
+            helps.setdefault(name, text)
+    return helps
+
+
+_ENTRY = re.compile(r"^(\s*)(\w+)(?: \([^)]*\))?:\s*(.*)$")
+# A reST role (:class:`~a.b.C`): its target, shortened to the last name after a tilde.
+_ROLE = re.compile(r":[a-z]+:`(?:~[\w.]*\.)?([^`]+)`")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+
+
+def docstring_section(doc: str | None, section: str) -> dict[str, str]:
+    """``name -> first sentence`` of the entries of a Google-style docstring section.
+
+    Args:
+        doc: A docstring (``None``: no entries).
+        section: ``"Args"``, ``"Attributes"``, ...
+    """
+    lines = inspect.cleandoc(doc or "").splitlines()
+    try:
+        start = lines.index(f"{section}:") + 1
+    except ValueError:
+        return {}
+    entries: dict[str, list[str]] = {}
+    indent: int | None = None
+    for line in lines[start:]:
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if width == 0:
+            break  # the next section
+        match = _ENTRY.match(line)
+        if match and (indent is None or width == indent):
+            indent = width
+            entries[match[2]] = [match[3]]
+        elif entries:
+            entries[next(reversed(entries))].append(line.strip())
+    return {name: _first_sentence(" ".join(parts)) for name, parts in entries.items()}
+
+
+def _first_sentence(text: str) -> str:
+    """``text``'s first sentence, with reST roles and literals as plain text."""
+    plain = _ROLE.sub(r"\1", text).replace("``", "")
+    return _SENTENCE_END.split(plain, maxsplit=1)[0].strip()
 
 
 class Registry(Generic[T]):

@@ -213,11 +213,11 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     path.write_text("steps: 3\nmethod: {name: maml, options: {inner_lrr: 0.1}}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: method.options.inner_lrr: unknown key"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"episodes.ways: Input should be greater"):
+    with pytest.raises(ConfigError, match=r"episodes.ways: must be >= 2, got 1"):
         load_config(None, ["episodes.ways=1"])
     with pytest.raises(ConfigError, match="--set takes KEY=VALUE"):
         load_config(None, ["steps"])
-    with pytest.raises(ConfigError, match=r"data.augment.rotation: Input should be less"):
+    with pytest.raises(ConfigError, match=r"data.augment.rotation: must be <= 180, got 400"):
         load_config(None, ["data.augment.rotation=400"])
     with pytest.raises(ConfigError, match=r"data.augment.flipped: unknown key"):
         load_config(None, ["data.augment.flipped=true"])

@@ -19,6 +19,7 @@ from metarch.meta.batched import (
     stack_for_tasks,
     to_grouped,
 )
+from metarch.meta.maml import LrMode
 from metarch.models import FewShotClassifier, create_model
 from metarch.models.norm import BatchNormContext, NormPolicy, batch_norm_context
 from tests.meta.helpers import flat_grad, make_batch, tiny_classifier
@@ -173,7 +174,7 @@ def test_retain_freed_memory_is_idempotent() -> None:
 
 
 @pytest.mark.parametrize("lr_mode", ["fixed", "per_layer_step"])
-def test_task_threads_are_deterministic_and_match_one_thread(lr_mode: str) -> None:
+def test_task_threads_are_deterministic_and_match_one_thread(lr_mode: LrMode) -> None:
     def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
         model = tiny_classifier(steps=2).float()

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from metarch import __version__
+from metarch.cli import config as config_commands
 from metarch.cli import data as data_commands
 from metarch.cli import demo as demo_command
 from metarch.cli import evaluate as evaluate_command
@@ -29,6 +30,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data_commands.app, name="data")
+app.add_typer(config_commands.app, name="config")
 app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
 app.command("evaluate")(evaluate_command.evaluate)

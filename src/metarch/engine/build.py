@@ -7,6 +7,8 @@ inputs, so the trainer only trains and evaluation rebuilds exactly what was trai
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from torch import nn
 from metarch.data.normalize import ChannelNormalization
 from metarch.engine.checkpoint import CheckpointError
 from metarch.engine.config import TrainConfig
+from metarch.errors import ConfigError
 from metarch.meta.base import META_LEARNERS, MetaLearner
 from metarch.models.registry import MODELS, FewShotClassifier, create_model
 
@@ -63,12 +66,21 @@ class ModelInputs:
 
 
 def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
-    """The meta-learner a config describes, initialised from ``config.seed``."""
+    """The meta-learner a config describes, initialised from ``config.seed``.
+
+    Everything is built from the config's validated options (``inner_lr: "1e-3"`` arrives
+    as the float ``0.001``).
+
+    Raises:
+        ConfigError: For options the config accepts one by one but a constructor rejects
+            together (Reptile's ``adam_state: sequential`` with ``inner_optimizer: sgd``).
+    """
     torch.manual_seed(config.seed)
     options = dict(config.model.options)
     if any(o.name == "in_channels" for o in MODELS.options(config.model.name)):
         options.setdefault("in_channels", image_shape[0])
-    backbone = create_model(config.model.name, **options)
+    with _options_of("model"):
+        backbone = create_model(config.model.name, **options)
     if config.model.channels_last:
         # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.
         for parameter in backbone.parameters():
@@ -78,4 +90,14 @@ def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> Met
     model: nn.Module = backbone
     if learner_class.needs_classifier_head:
         model = FewShotClassifier(backbone, config.episodes.ways, image_shape)
-    return learner_class(model, **config.method.options)
+    with _options_of("method"):
+        return learner_class(model, **config.method.options)
+
+
+@contextlib.contextmanager
+def _options_of(section: str) -> Iterator[None]:
+    """Report a constructor's ``ValueError`` as an error of ``section.options``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(f"{section}.options: {exc}") from exc

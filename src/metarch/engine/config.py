@@ -7,24 +7,39 @@ path; values are parsed as YAML scalars (``--set steps=20 --set method.options.f
 
 The options of a method and of a backbone are checked against the signature of the class or
 factory registered under that name, so a config can never pass an argument the code does
-not take.
+not take, and ranges declared there (``inner_lr: PositiveFloat``) are checked too. What a
+run builds from takes the *validated* values (``inner_lr: 1e-3`` arrives as a float), and
+numbers are read as YAML 1.2 reads them: ``1e-3`` is a float, not PyYAML's string.
+``metarch config keys`` lists every key with its type, default and help.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import re
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from metarch.errors import ConfigError
 from metarch.meta.base import META_LEARNERS
 from metarch.models.registry import MODELS
-from metarch.registry import options_of
+from metarch.registry import Registry, UnknownNameError, options_of
 
 __all__ = [
     "AugmentConfig",
@@ -38,6 +53,9 @@ __all__ = [
     "ValidationConfig",
     "apply_overrides",
     "load_config",
+    "parse_yaml",
+    "section_model",
+    "validated_options",
 ]
 
 
@@ -109,10 +127,29 @@ class EpisodeConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    """The meta-learner and its options (checked against its constructor)."""
+    """The meta-learner and its options (checked against its constructor).
+
+    Attributes:
+        name: Registered meta-learner (``maml``, ``reptile``, ``protonet``, ...).
+        options: Keyword arguments of its constructor (``metarch config keys --method NAME``
+            lists them).
+    """
 
     name: str = "protonet"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _registered_name("method.name", META_LEARNERS, name)
+
+    @field_validator("options")
+    @classmethod
+    def _validated(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return options  # an unknown name: its own error says so
+        learner = META_LEARNERS.get(info.data["name"])
+        return validated_options("method.options", learner, options, skip=1)
 
 
 class ModelConfig(_Strict):
@@ -120,7 +157,8 @@ class ModelConfig(_Strict):
 
     Attributes:
         name: Registered backbone name.
-        options: Keyword arguments of its factory.
+        options: Keyword arguments of its factory (``metarch config keys --model NAME``
+            lists them).
         channels_last: Keep convolution weights in channels-last (NHWC) memory, which
             oneDNN runs faster on CPUs (about 1.4x for Conv-4 training on 2 cores); the
             numbers computed are the same up to float rounding.
@@ -130,11 +168,37 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     channels_last: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _registered_name("model.name", MODELS, name)
+
+    @field_validator("options")
+    @classmethod
+    def _validated(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return options
+        return validated_options("model.options", MODELS.get(info.data["name"]), options, skip=0)
+
+
+def _registered_name(key: str, registry: Registry[Any], name: str) -> str:
+    try:
+        registry.get(name)
+    except UnknownNameError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    return name
+
 
 class GroupSettings(_Strict):
     """Outer-optimizer settings of one parameter group; unset keys take the global ones.
 
-    Attributes are those of :class:`OptimizerConfig` of the same names.
+    Attributes:
+        lr: The group's learning rate (default: ``optimizer.lr``).
+        weight_decay: The group's L2 penalty (default: ``optimizer.weight_decay``).
+        schedule: The group's schedule (default: ``optimizer.schedule``).
+        lr_decay_every: The group's ``lr_decay_every`` (default: the optimizer's).
+        lr_decay: The group's ``lr_decay`` (default: the optimizer's).
+        lr_final: The group's ``lr_final`` (default: the optimizer's).
     """
 
     lr: float | None = Field(None, gt=0)
@@ -194,7 +258,8 @@ class OptimizerConfig(_Strict):
         try:
             return OptimizerConfig.model_validate(merged)
         except ValidationError as exc:
-            raise ValueError(_format_errors(exc, prefix=f"optimizer.groups.{name}")) from None
+            message = _format_errors(exc, prefix=f"optimizer.groups.{name}", model=OptimizerConfig)
+            raise ValueError(message) from None
 
     @model_validator(mode="after")
     def _check_schedule(self) -> OptimizerConfig:
@@ -270,34 +335,23 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
 
-    @model_validator(mode="after")
-    def _check_registered_options(self) -> TrainConfig:
-        if self.method.name not in META_LEARNERS:
-            raise ValueError(
-                f"method.name: unknown meta-learner {self.method.name!r}; known: "
-                f"{', '.join(META_LEARNERS.names())}"
-            )
-        if self.model.name not in MODELS:
-            raise ValueError(
-                f"model.name: unknown backbone {self.model.name!r}; "
-                f"known: {', '.join(MODELS.names())}"
-            )
-        _check_options(
-            "method.options", META_LEARNERS.get(self.method.name), self.method.options, skip=1
-        )
-        _check_options("model.options", MODELS.get(self.model.name), self.model.options, skip=0)
-        return self
-
     @property
     def validation_episode(self) -> EpisodeConfig:
         """Shape of validation episodes."""
         return self.validation.episode or self.episodes
 
 
-def _check_options(
+def validated_options(
     where: str, target: Callable[..., Any], options: Mapping[str, Any], *, skip: int
-) -> None:
-    """Validate ``options`` against the keyword parameters of ``target``."""
+) -> dict[str, Any]:
+    """``options`` validated against the keyword parameters of ``target``, as they are typed.
+
+    Returns the options given (no defaults added), each as its annotation converts it
+    (``"1e-3"`` to ``0.001`` for a ``float``): the values ``target`` is then called with.
+
+    Raises:
+        ValueError: Naming ``where.KEY`` for every unknown, mistyped or out-of-range option.
+    """
     fixed = getattr(target, "fixed_options", {})
     clash = sorted(k for k in options if k in fixed and options[k] != fixed[k])
     if clash:
@@ -316,23 +370,104 @@ def _check_options(
         f"{where}", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
     )
     try:
-        model(**{k: v for k, v in options.items() if k not in fixed})
+        validated = model(**{k: v for k, v in options.items() if k not in fixed})
     except ValidationError as exc:
-        raise ValueError(_format_errors(exc, prefix=where)) from None
+        raise ValueError(_format_errors(exc, prefix=where, model=model)) from None
+    return {key: options[key] if key in fixed else getattr(validated, key) for key in options}
 
 
-def _format_errors(exc: ValidationError, prefix: str = "") -> str:
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section an annotation holds (``X`` or ``X | None``), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _keys_at(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
+    """The keys of the section at ``path`` of ``model`` (none if it is not a section)."""
+    annotation: Any = model
+    for part in path:
+        if typing.get_origin(annotation) is dict:  # optimizer.groups.NAME
+            annotation = typing.get_args(annotation)[1]
+            continue
+        section = section_model(annotation)
+        if section is None or part not in section.model_fields:
+            return []
+        annotation = section.model_fields[str(part)].annotation
+    section = None if typing.get_origin(annotation) is dict else section_model(annotation)
+    return list(section.model_fields) if section else []
+
+
+# pydantic's range errors -> (the bound's name in the error context, how a user writes it)
+_RANGES = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+# pydantic's number errors, in plain words.
+_NUMBERS = {
+    "int_from_float": "must be a whole number",
+    "int_parsing": "must be an integer",
+    "float_parsing": "must be a number",
+}
+
+
+def _format_errors(
+    exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """One ``key.path: what is wrong`` per error; ``model`` (the validated one) suggests keys."""
     messages = []
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
         key = f"{prefix}.{path}" if prefix and path else (prefix or path)
-        if error["type"] == "value_error":
+        kind = error["type"]
+        context = error.get("ctx", {})
+        if kind == "value_error":
             # Our own validators already name the key in their message.
-            messages.append(str(error.get("ctx", {}).get("error", error["msg"])))
+            messages.append(str(context.get("error", error["msg"])))
             continue
-        text = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        if kind == "extra_forbidden":
+            text = "unknown key"
+            known = _keys_at(model, error["loc"][:-1]) if model is not None else []
+            close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            if close:
+                text += f" (did you mean {close[0]!r}?)"
+        elif kind in _RANGES:
+            bound, symbol = _RANGES[kind]
+            text = f"must be {symbol} {_number(context[bound])}, got {error['input']!r}"
+        elif kind in _NUMBERS:
+            text = f"{_NUMBERS[kind]}, got {error['input']!r}"
+        else:
+            text = error["msg"]
         messages.append(f"{key}: {text}")
     return "; ".join(messages)
+
+
+def _number(value: Any) -> Any:
+    """A bound as a user would write it (``0``, not pydantic's ``0.0`` for a float field)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2 floats: ``1e-3``, ``1E-3``, ``+1e-3``, ``2e5``.
+
+    YAML 1.1, which PyYAML follows, only knows exponents with a dot and a sign
+    (``1.0e-3``); the forms people write became strings.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """A YAML document or scalar, numbers read as YAML 1.2 reads them."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: builds no objects
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -343,7 +478,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not key:
             raise ConfigError(f"--set takes KEY=VALUE, got {override!r}")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse {raw!r} ({exc})") from None
         node = result
@@ -376,7 +511,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     if path is not None:
         where = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            loaded = parse_yaml(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path} ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
@@ -390,7 +525,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {_format_errors(exc)}") from None
+        raise ConfigError(f"{where}: {_format_errors(exc, model=TrainConfig)}") from None
 
 
 def dump_config(config: TrainConfig) -> str:

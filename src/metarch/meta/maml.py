@@ -52,12 +52,14 @@ from metarch.models.norm import (
     apply_recorded_statistics,
     name_norm_layers,
 )
+from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
-__all__ = ["ANIL", "FOMAML", "MAML", "MetaSGD"]
+__all__ = ["ANIL", "FOMAML", "MAML", "LrMode", "MetaSGD"]
 
 log = logging.getLogger(__name__)
 
 Batching = Literal["auto", "vmap", "loop", "batched"]
+LrMode = Literal["fixed", "per_parameter", "per_layer_step"]
 
 # lr_mode -> the inner optimizer (metarch.meta.optim) it names.
 _LR_MODES = {"fixed": "sgd", "per_parameter": "meta_sgd", "per_layer_step": "per_layer_step"}
@@ -139,18 +141,18 @@ class MAML(MetaLearner):
         self,
         model: nn.Module,
         *,
-        inner_lr: float = 0.4,
-        steps: int = 1,
-        eval_steps: int | None = None,
+        inner_lr: PositiveFloat = 0.4,
+        steps: NonNegativeInt = 1,
+        eval_steps: NonNegativeInt | None = None,
         first_order: bool = False,
         adapt: str | list[str] = "all",
-        lr_mode: str = "fixed",
+        lr_mode: LrMode = "fixed",
         norm_policy: NormPolicy | str = NormPolicy.BATCH,
         multi_step_loss: bool = False,
         batching: Batching = "auto",
-        support_group: int = 8,
-        query_chunk: int = 2,
-        task_threads: int | None = None,
+        support_group: PositiveInt = 8,
+        query_chunk: PositiveInt = 2,
+        task_threads: PositiveInt | None = None,
         loss: str = "cross_entropy",
         inner_optimizer: str | dict[str, str | dict[str, Any]] | None = None,
     ) -> None:

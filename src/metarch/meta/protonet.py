@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
+from metarch.registry import PositiveFloat
 
 __all__ = ["Distance", "PrototypicalNetwork", "compute_prototypes"]
 
@@ -79,7 +80,7 @@ class PrototypicalNetwork(MetaLearner):
         model: nn.Module,
         *,
         distance: Distance = "euclidean",
-        cosine_scale: float = 10.0,
+        cosine_scale: PositiveFloat = 10.0,
         batch_tasks: bool = False,
     ) -> None:
         super().__init__()

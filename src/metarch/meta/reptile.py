@@ -54,9 +54,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Interval
 from torch import Tensor, nn
 
 from metarch.meta.base import META_LEARNERS, MetaLearner, MetaMetrics, Predictor, TaskBatch
@@ -73,6 +74,7 @@ from metarch.meta.functional import InnerLoopConfig, Params, _forward, adapt_tas
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import InnerOptimizer, OptState, adam, sgd
 from metarch.models.norm import BatchNormContext, NormPolicy, name_norm_layers
+from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
 __all__ = ["AdamStateMode", "InnerData", "Reptile", "ReptileOptimizer"]
 
@@ -82,6 +84,8 @@ ReptileOptimizer = Literal["adam", "sgd"]
 InnerData = Literal["support", "all"]
 AdamStateMode = Literal["carried", "sequential", "per_task"]
 Batching = Literal["auto", "loop", "batched"]
+# Adam's decay rates: 0 (no momentum, the paper's beta1) up to, not including, 1.
+AdamBeta = Annotated[float, Interval(ge=0, lt=1)]
 
 # Buffers of the carried inner Adam state (see the module docstring): the second moment of
 # every parameter, flattened in ``named_parameters`` order, and the step count.
@@ -130,21 +134,21 @@ class Reptile(MetaLearner):
         self,
         model: nn.Module,
         *,
-        inner_lr: float = 1e-3,
-        steps: int = 5,
-        eval_steps: int = 50,
+        inner_lr: PositiveFloat = 1e-3,
+        steps: NonNegativeInt = 5,
+        eval_steps: NonNegativeInt = 50,
         inner_optimizer: ReptileOptimizer = "adam",
-        betas: tuple[float, float] = (0.0, 0.999),
-        eps: float = 1e-8,
+        betas: tuple[AdamBeta, AdamBeta] = (0.0, 0.999),
+        eps: PositiveFloat = 1e-8,
         inner_on: InnerData = "all",
-        inner_batch_size: int | None = None,
-        eval_batch_size: int | None = None,
+        inner_batch_size: PositiveInt | None = None,
+        eval_batch_size: PositiveInt | None = None,
         adam_state: AdamStateMode = "carried",
         loss: str | TaskLoss = "cross_entropy",
         batching: Batching = "auto",
-        support_group: int = 8,
-        query_chunk: int = 1,
-        task_threads: int | None = None,
+        support_group: PositiveInt = 8,
+        query_chunk: PositiveInt = 1,
+        task_threads: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         _check_choice("inner_optimizer", inner_optimizer, ("adam", "sgd"))

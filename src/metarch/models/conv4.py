@@ -14,6 +14,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
+from metarch.registry import PositiveInt
 
 __all__ = ["Conv4", "ConvBlock"]
 
@@ -54,11 +55,11 @@ class Conv4(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
-        hidden: int = 64,
+        in_channels: PositiveInt = 1,
+        hidden: PositiveInt = 64,
         *,
         pool: Literal["max", "stride"] = "max",
-        steps: int = 1,
+        steps: PositiveInt = 1,
         per_step_norm: bool = False,
     ) -> None:
         super().__init__()

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from metarch.registry import PositiveInt
+
 __all__ = ["MLP"]
 
 
@@ -22,7 +24,10 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1
+        self,
+        in_features: PositiveInt = 1,
+        hidden: Sequence[PositiveInt] = (40, 40),
+        out_features: PositiveInt = 1,
     ) -> None:
         super().__init__()
         sizes = [in_features, *hidden, out_features]

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
+from metarch.registry import PositiveInt
 
 __all__ = ["ResNet12", "ResidualBlock"]
 
@@ -100,11 +101,11 @@ class ResNet12(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        widths: Sequence[int] = (64, 160, 320, 640),
+        in_channels: PositiveInt = 3,
+        widths: Sequence[PositiveInt] = (64, 160, 320, 640),
         *,
         avg_pool: bool = True,
-        steps: int = 1,
+        steps: PositiveInt = 1,
         per_step_norm: bool = False,
     ) -> None:
         super().__init__()
