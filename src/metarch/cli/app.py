@@ -1,8 +1,10 @@
 """The ``metarch`` command: one entry point, one sub-application per domain.
 
 Errors a user can cause are :class:`~metarch.errors.MetarchError`; they are printed as one
-line on stderr with exit status 2. ``--debug`` (anywhere on the command line, or
-``METARCH_DEBUG=1``) shows the traceback instead.
+line on stderr with exit status 2. So are the file system's (a read-only or full disk, a
+path below a file, a path that is not UTF-8): one line naming the path and what to do.
+``--debug`` (anywhere on the command line, or ``METARCH_DEBUG=1``) shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from metarch.cli import demo as demo_command
 from metarch.cli import evaluate as evaluate_command
 from metarch.cli import train as train_command
 from metarch.errors import MetarchError
+from metarch.utils.io import describe_os_error, describe_unicode_error
 
 __all__ = ["app", "main"]
 
@@ -72,5 +75,18 @@ def main(argv: list[str] | None = None) -> None:
     except MetarchError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(str(exc))
+    except OSError as exc:
+        if debug:
+            raise
+        _fail(describe_os_error(exc))
+    except UnicodeEncodeError as exc:
+        # Only a path can hold the lone surrogates that stand for non-UTF-8 bytes.
+        if debug or exc.reason != "surrogates not allowed":
+            raise
+        _fail(describe_unicode_error(exc))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USER_ERROR)

@@ -18,6 +18,7 @@ from metarch.data.pools import ClassPool, alphabet_split
 from metarch.data.resolve import load_pool
 from metarch.errors import DataError
 from metarch.reports.episodes import save_episode_grid
+from metarch.utils.io import display_path
 
 __all__ = ["app"]
 
@@ -92,7 +93,7 @@ def episodes(
     mode = " within-alphabet" if within_alphabet else ""
     title = f"{pool.name}: {ways}-way {shots}-shot{mode}, {queries} queries, seed {seed}"
     save_episode_grid(batch, out, title=title, class_names=names, max_episodes=count)
-    typer.echo(f"wrote {count} episodes ({title}) to {out}")
+    typer.echo(f"wrote {count} episodes ({title}) to {display_path(out)}")
 
 
 @app.command("download")
@@ -110,7 +111,7 @@ def download(
     with show_progress():
         paths = download_omniglot(root, sets, timeout=timeout)
     for path in paths:
-        typer.echo(f"ok {path}")
+        typer.echo(f"ok {display_path(path)}")
 
 
 @app.command("split")
@@ -138,7 +139,7 @@ def split(
     for part, alphabets in split_parts.items():
         path = out / f"{set_name}-{part}.txt"
         ClassPool.from_groups(dataset, alphabets).write_split_file(path)
-        typer.echo(f"{path}: {len(alphabets)} alphabets")
+        typer.echo(f"{display_path(path)}: {len(alphabets)} alphabets")
 
 
 def _key_values(items: list[str], option: str) -> dict[str, int]:

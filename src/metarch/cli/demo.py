@@ -21,6 +21,7 @@ from metarch.engine.config import load_config
 from metarch.engine.evaluate import evaluate_episodes
 from metarch.engine.trainer import Trainer
 from metarch.reports.episodes import save_episode_grid
+from metarch.utils.io import display_path
 
 __all__ = ["demo"]
 
@@ -90,7 +91,7 @@ def demo(
             title=f"background:test {ways}-way 1-shot{mode}",
             class_names=names,
         )
-        console.print(f"wrote {out / file_name}")
+        console.print(f"wrote {display_path(out / file_name)}")
 
     _train_and_evaluate(console, root, out / "run", steps, episodes)
 
@@ -100,7 +101,7 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
     config = load_config(None, [f"steps={steps}"] + [f"{k}={v}" for k, v in DEMO_CONFIG.items()])
     resume = (run / "last.json").exists()
     if resume and load_checkpoint(run / "last.json").config != config.model_dump(mode="json"):
-        console.print(f"{run} holds another run; remove it or pass another --out")
+        console.print(f"{display_path(run)} holds another run; remove it or pass another --out")
         raise typer.Exit(2)
     console.print(
         f"meta-training a prototypical network (Conv-4) on background:train, {steps} steps"
@@ -124,7 +125,14 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
 
         trainer.on_step = on_step
         started = time.perf_counter()
-        trainer.run()
+        try:
+            trainer.run()
+        except KeyboardInterrupt:
+            step = load_checkpoint(run / "last.json").step if (run / "last.json").exists() else 0
+            console.print(
+                f"interrupted; run the same 'metarch demo' again to continue from step {step}"
+            )
+            raise typer.Exit(130) from None
         seconds = time.perf_counter() - started
     learner = trainer.learner
     table = Table(title=f"Held-out alphabets (background:test), {episodes} episodes each")
@@ -146,7 +154,7 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
         name = f"{ways}-way 1-shot" + (" within-alphabet" if within else "")
         table.add_row(name, f"{result.accuracy:.2f}%", f"± {result.ci95:.2f}%")
     console.print(table)
-    console.print(f"training took {seconds:.0f} s; the run is in {run}")
+    console.print(f"training took {seconds:.0f} s; the run is in {display_path(run)}")
 
 
 # The demo's model: small enough to train in a few minutes on two CPU cores.

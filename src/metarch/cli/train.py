@@ -19,20 +19,33 @@ from torch.multiprocessing.spawn import ProcessExitedException
 
 from metarch.cli.options import DATA_ROOT_OPTION
 from metarch.cli.progress import show_progress
+from metarch.engine.checkpoint import CheckpointError, load_checkpoint
 from metarch.engine.config import TrainConfig, load_config
 from metarch.engine.distributed import current_group, launch
-from metarch.engine.trainer import Trainer
+from metarch.engine.trainer import Trainer, train_command
 from metarch.errors import ConfigError, MetarchError
+from metarch.utils.io import describe_os_error, display_path
 
 __all__ = ["train"]
 
+# What a shell reports for a process stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
-def _train_process(config: TrainConfig, out: Path, resume: bool, data_root: Path | None) -> None:
+
+def _train_process(
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    data_root: Path | None,
+    config_file: Path | None,
+) -> None:
     """One training process (rank 0 draws the progress bar and prints the summary)."""
     group = current_group()
     try:
         with show_progress():
-            trainer = Trainer(config, out, resume=resume, data_root=data_root)
+            trainer = Trainer(
+                config, out, resume=resume, data_root=data_root, config_file=config_file
+            )
         console = Console(stderr=True)
         columns = [
             TextColumn("[bold]train"),
@@ -55,15 +68,29 @@ def _train_process(config: TrainConfig, out: Path, resume: bool, data_root: Path
 
             trainer.on_step = on_step
             final = trainer.run()
-    except MetarchError as exc:
+    except (MetarchError, OSError) as exc:
         if not group.distributed:
             raise
         # A spawned process reports its own error; the parent only learns the exit code.
-        print(f"error (rank {group.rank}): {exc}", file=sys.stderr)
+        message = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"error (rank {group.rank}): {message}", file=sys.stderr)
         sys.exit(2)
     if group.is_main:
         summary = ", ".join(f"{k} {v:.3f}" for k, v in final.items())
-        print(f"trained {config.steps} steps into {out}: {summary}")
+        print(f"trained {config.steps} steps into {display_path(out)}: {summary}")
+
+
+def _interrupted(out: Path, data_root: Path | None) -> str:
+    """Where an interrupted run stands, and the command that continues it."""
+    try:
+        step = load_checkpoint(out / "last.json").step
+    except CheckpointError:
+        return (
+            f"interrupted before the first checkpoint of {display_path(out)}; nothing to "
+            "resume: run the same command again to start over"
+        )
+    command = train_command(out / "config.yaml", out, data_root, "--resume")
+    return f"interrupted; the last checkpoint is at step {step}; resume with: {command}"
 
 
 def train(
@@ -89,7 +116,17 @@ def train(
             f"meta_batch {config.meta_batch} does not split evenly over --nproc {nproc}"
         )
     try:
-        launch(nproc, _train_process, config, out, resume, data_root)
+        launch(nproc, _train_process, config, out, resume, data_root, config_file)
+    except OSError as exc:
+        # The file system's one-line error (cli/app.py), and how to continue once fixed.
+        if not (out / "last.json").exists():
+            raise
+        command = train_command(out / "config.yaml", out, data_root, "--resume")
+        raise MetarchError(f"{describe_os_error(exc)}; to continue: {command}") from None
+    except KeyboardInterrupt:
+        # Every file is written atomically (or appended whole), so there is nothing to undo.
+        typer.echo(_interrupted(out, data_root), err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except ProcessExitedException as exc:
         raise MetarchError(
             f"training process {exc.error_index} failed (exit code {exc.exit_code}); "

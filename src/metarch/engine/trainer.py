@@ -1,8 +1,14 @@
 """The meta-training loop: episodes in, checkpoints, metrics and validation out.
 
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON
-object per logged step and per validation), TensorBoard events under ``tensorboard/``, and
-the ``last`` and ``best`` checkpoints (:mod:`metarch.engine.checkpoint`).
+object per logged step and per validation), TensorBoard events under ``tensorboard/``, the
+``last`` and ``best`` checkpoints (:mod:`metarch.engine.checkpoint`) and ``.lock``, which
+keeps a second training out while one runs (:mod:`metarch.engine.rundir`).
+
+A checkpoint is written only once its weights have given a finite loss: the state is
+snapshotted when a checkpoint is due and written after the next step's loss checks out, so
+a run stopped by a non-finite loss keeps a checkpoint it can be restarted from. Only the
+final checkpoint, with no step after it, is written at once.
 
 Resuming is exact: episodes are a pure function of ``(seed, step)``, and a checkpoint holds
 everything else that changes during training (weights, buffers, optimizer state, RNG
@@ -12,10 +18,13 @@ states). A resumed run therefore ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +39,12 @@ from metarch.data.resolve import load_pool
 from metarch.engine.build import ModelInputs, build_learner
 from metarch.engine.checkpoint import (
     CheckpointError,
+    capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from metarch.engine.config import AugmentConfig, TrainConfig, dump_config
+from metarch.engine.config import AugmentConfig, TrainConfig, dump_config, load_config
 from metarch.engine.distributed import (
     all_reduce_mean,
     average_buffers,
@@ -42,14 +52,39 @@ from metarch.engine.distributed import (
     current_group,
 )
 from metarch.engine.evaluate import EvaluationResult, evaluate_learner
+from metarch.engine.rundir import RunLock
 from metarch.errors import MetarchError
-from metarch.utils.io import atomic_write_text
+from metarch.utils.io import append_line, atomic_write_text, display_path
 
-__all__ = ["Trainer", "TrainingError"]
+__all__ = ["Trainer", "TrainingError", "train_command"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(MetarchError):
     """Training cannot go on (a non-finite loss, a mismatched resume, ...)."""
+
+
+def train_command(
+    config_file: Path, out: Path, data_root: str | os.PathLike[str] | None, *options: str
+) -> str:
+    """The ``metarch train`` command line for a run, ready to paste into a shell."""
+    words = ["metarch", "train", "--config", str(config_file), "--out", str(out), *options]
+    if data_root is not None:
+        words += ["--data-root", os.fspath(data_root)]
+    return " ".join(shlex.quote(display_path(word)) for word in words)
+
+
+@dataclass
+class _PendingCheckpoint:
+    """A checkpoint's state, taken when it was due, waiting for the next step's loss."""
+
+    tags: list[str]
+    step: int
+    metrics: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    rng: dict[str, Any]
 
 
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +116,8 @@ class Trainer:
         resume: Continue from ``run_dir/last.json``.
         data_root: Data root (overrides ``config.data.root``).
         on_step: Called after every step with (step, metrics) — the CLI's progress bar.
+        config_file: The file ``config`` was read from; if it is the run's own
+            ``config.yaml``, it is left as the user wrote it.
     """
 
     def __init__(
@@ -91,11 +128,15 @@ class Trainer:
         resume: bool = False,
         data_root: str | os.PathLike[str] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         self.config = config
         self.run_dir = run_dir
         self.on_step = on_step
+        self.config_file = config_file
+        self.data_root = data_root
         self.group = current_group()
+        _check_utf8(run_dir)
         if config.meta_batch % self.group.world_size:
             raise TrainingError(
                 f"meta_batch {config.meta_batch} does not split evenly over "
@@ -141,10 +182,23 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.start_step = 0
         self.best_accuracy = -1.0
-        if resume:
-            self._resume()
-        else:
-            self._start_fresh()
+        # The step of the newest checkpoint whose weights gave a finite loss.
+        self.good_step: int | None = None
+        # Only rank 0 writes, so only rank 0 keeps other trainings out.
+        self._lock = RunLock(run_dir) if self.group.is_main else None
+        try:
+            if resume:
+                self._resume()
+            else:
+                self._start_fresh()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let other trainings into the run directory (done by :meth:`run` when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -193,8 +247,25 @@ class Trainer:
                 "another --out"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
+        self._write_config()
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    def _write_config(self) -> None:
+        """Store the resolved config, unless ``--config`` is that very file.
+
+        A user's own file stays as written (comments and all) when it says the same as the
+        run; one that would have to change is refused, never overwritten.
+        """
+        path = self.run_dir / "config.yaml"
+        if self.config_file is not None and _same_file(self.config_file, path):
+            if load_config(path) == self.config:
+                return
+            raise TrainingError(
+                f"--config {display_path(self.config_file)} is the config file of the run in "
+                f"{display_path(self.run_dir)}, and the --set overrides would change it; "
+                "put the changes into the file itself, or copy it elsewhere and pass the copy"
+            )
+        atomic_write_text(path, dump_config(self.config))
 
     def _resume(self) -> None:
         try:
@@ -220,21 +291,39 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint.optimizer_state)
         restore_rng_state(checkpoint.rng)
         self.start_step = checkpoint.step
+        self.good_step = checkpoint.step
         self.best_accuracy = float(checkpoint.metrics.get("best_accuracy", -1.0))
         if self.group.is_main:
-            atomic_write_text(self.run_dir / "config.yaml", dump_config(self.config))
+            self._write_config()
             self._truncate_metrics(checkpoint.step)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint a run resumes from."""
+        """Drop metric lines written after the checkpoint a run resumes from.
+
+        Lines that are not JSON (the torn end of an append cut short by a full disk or a
+        kill) are dropped with a warning: the steps they stood for are trained again.
+        """
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        torn = 0
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        if torn:
+            log.warning(
+                "%s: dropped %d incomplete line(s), the end of a write that was cut short",
+                display_path(path),
+                torn,
+            )
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     # -- loop ------------------------------------------------------------------------------
@@ -242,25 +331,68 @@ class Trainer:
     def _log(self, record: dict[str, Any], writer: Any) -> None:
         if not self.group.is_main:
             return
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         if writer is not None:
             for key, value in record.items():
                 if key not in ("step", "phase") and isinstance(value, int | float):
                     writer.add_scalar(f"{record['phase']}/{key}", value, record["step"])
 
-    def _checkpoint(self, tag: str, step: int, metrics: dict[str, Any]) -> None:
-        if not self.group.is_main:
-            return
-        save_checkpoint(
-            self.run_dir,
-            tag,
+    def _snapshot(self, tags: list[str], step: int, metrics: dict[str, Any]) -> _PendingCheckpoint:
+        """The state to checkpoint now (the optimizer's tensors only change in its step)."""
+        return _PendingCheckpoint(
+            tags=tags,
             step=step,
-            model_state=self.learner.state_dict(),
-            optimizer_state=self.optimizer.state_dict(),
-            config=self.config.model_dump(mode="json"),
             metrics={**metrics, "best_accuracy": self.best_accuracy},
-            inputs=self.inputs.to_json(),
+            model_state={k: v.detach().clone() for k, v in self.learner.state_dict().items()},
+            optimizer_state=self.optimizer.state_dict(),
+            rng=capture_rng_state(),
+        )
+
+    def _write(self, pending: _PendingCheckpoint) -> None:
+        for tag in pending.tags:
+            save_checkpoint(
+                self.run_dir,
+                tag,
+                step=pending.step,
+                model_state=pending.model_state,
+                optimizer_state=pending.optimizer_state,
+                config=self.config.model_dump(mode="json"),
+                metrics=pending.metrics,
+                inputs=self.inputs.to_json(),
+                rng=pending.rng,
+            )
+        if "last" in pending.tags:
+            self.good_step = pending.step
+
+    def _non_finite(self, what: str, step: int, loss: float) -> TrainingError:
+        """The error that stops a run at a non-finite loss, with advice that works."""
+        lower = self.config.optimizer.lr / 10
+        new_run = self.run_dir.with_name(f"{self.run_dir.name}-lr{lower:g}")
+        if self.good_step is None:
+            kept = "No checkpoint had been written yet."
+        elif self.good_step == step - 1:
+            # Resumed from a checkpoint no later step had vouched for (a run's final one).
+            kept = (
+                f"{display_path(self.run_dir / 'last.json')} holds the very weights that gave "
+                "it, so this run has no good checkpoint to go back to."
+            )
+        else:
+            kept = (
+                f"The last good checkpoint is {display_path(self.run_dir / 'last.json')} "
+                f"(step {self.good_step})."
+            )
+        command = train_command(
+            self.run_dir / "config.yaml",
+            new_run,
+            self.data_root,
+            "--set",
+            f"optimizer.lr={lower:g}",
+        )
+        return TrainingError(
+            f"the {what} became non-finite at step {step} (loss {loss}); stopped before "
+            f"saving the weights that caused it. {kept} Resuming would repeat the same steps "
+            "and --resume refuses a changed learning rate, so train a new run with a lower "
+            f"optimizer.lr (or a lower inner learning rate, method.options.inner_lr): {command}"
         )
 
     def _gradients_finite(self) -> bool:
@@ -283,6 +415,7 @@ class Trainer:
         first_task, local_tasks = group.local_tasks(config.meta_batch)
         self.learner.train()
         last: dict[str, Any] = {}
+        pending: _PendingCheckpoint | None = None
         started = time.perf_counter()
         try:
             for step in range(self.start_step, config.steps):
@@ -297,12 +430,10 @@ class Trainer:
                 accuracy = all_reduce_mean(metrics.accuracy, group)
                 if not (math.isfinite(loss) and self._gradients_finite()):
                     what = "loss" if not math.isfinite(loss) else "meta-gradient"
-                    raise TrainingError(
-                        f"the {what} became non-finite at step {step + 1} (loss "
-                        f"{loss}); stopped without updating the weights. The last "
-                        f"good checkpoint is {self.run_dir / 'last.json'}; lower "
-                        "optimizer.lr or the inner learning rate, then resume or restart"
-                    )
+                    raise self._non_finite(what, step + 1, loss)
+                if pending is not None:
+                    self._write(pending)  # its weights just gave a finite loss
+                    pending = None
                 if config.optimizer.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(
                         list(self.learner.meta_parameters()), config.optimizer.grad_clip
@@ -318,6 +449,7 @@ class Trainer:
                     record["lr"] = self._learning_rate(step)
                     record["seconds"] = time.perf_counter() - started
                     self._log(record, writer)
+                tags = []
                 validate_now = config.validation.every and done % config.validation.every == 0
                 # Only rank 0 validates; the others wait for it at the next all-reduce.
                 has_validation = self.val_sampler is not None
@@ -328,13 +460,37 @@ class Trainer:
                     last["val_ci95"] = result.ci95
                     if result.accuracy > self.best_accuracy:
                         self.best_accuracy = result.accuracy
-                        self._checkpoint("best", done, last)
+                        tags.append("best")
                 if done % config.checkpoint_every == 0 or done == config.steps:
-                    self._checkpoint("last", done, last)
+                    tags.append("last")
+                if tags and group.is_main:
+                    pending = self._snapshot(tags, done, last)
+                    if done == config.steps:
+                        self._write(pending)  # no step follows to check it
+                        pending = None
         finally:
             if writer is not None:
                 writer.close()
+            self.close()
         return last
+
+
+def _check_utf8(run_dir: Path) -> None:
+    """Refuse a run directory other tools (TensorBoard) cannot name, before writing."""
+    try:
+        os.fspath(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TrainingError(
+            f"--out {display_path(run_dir)}: this path is not valid UTF-8, which TensorBoard "
+            "cannot write to; choose a UTF-8 path"
+        ) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _augmentation(settings: AugmentConfig | None) -> AffineAugmentation | None:
