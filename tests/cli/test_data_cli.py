@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,14 @@ def test_split_command_writes_split_files(
         (["--set", "background:holdout"], "has no part 'holdout'"),
         (["--set", "missing.txt"], "split file missing.txt does not exist"),
         (["--out", "grid.jpg"], "--out must name a .png file"),
+        (["--memory-limit", "0"], "--memory-limit must be a positive number of GB"),
+        (
+            ["--ways", "100", "--episodes", "200"],
+            "100-way 1-shot 5-query x 200 episodes would take about 16.2 GB to sample and "
+            "draw, over --memory-limit 2 GB: ask for fewer --episodes (--episodes 20 fits) or "
+            "--ways, or raise --memory-limit",
+        ),
+        (["--episodes", "2", "--memory-limit", "0.001"], "even 1 episode is too large"),
     ],
 )
 def test_errors_are_one_line(
@@ -155,3 +164,88 @@ def test_demo_offline_without_data(
         ["demo", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")], capsys
     )
     assert code == 2 and "images_background.zip" in err
+
+
+def test_memory_limit_can_be_raised(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "grid.png"
+    args = ["data", "episodes", "--data-root", str(root), "--out", str(out_file)]
+    code, _, err = run_cli([*args, "--episodes", "40", "--memory-limit", "0.1"], capsys)
+    assert code == 2 and "--episodes 20 fits" in err and not out_file.exists()
+    code, _, err = run_cli([*args, "--episodes", "40", "--memory-limit", "0.5"], capsys)
+    assert code == 0, err
+    assert out_file.is_file()
+
+
+@pytest.fixture
+def real_root_with_broken_evaluation(shared_data_root: Path, tmp_path: Path) -> Path:
+    """The real background zip (linked) next to a truncated images_evaluation.zip."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "images_background.zip").symlink_to(
+        shared_data_root / "omniglot" / "images_background.zip"
+    )
+    small = (shared_data_root / "omniglot" / "images_background_small1.zip").read_bytes()
+    (root / "images_evaluation.zip").write_bytes(small[: len(small) // 3])
+    return root
+
+
+def test_a_truncated_archive_of_another_set_does_not_block_commands(
+    real_root_with_broken_evaluation: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    session_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("METARCH_CACHE", str(session_cache))
+    root = real_root_with_broken_evaluation
+    code, out, err = run_cli(["data", "info", "--data-root", str(root), "--json"], capsys)
+    assert code == 0
+    datasets = {d["name"]: d for d in json.loads(out)["datasets"]}
+    assert (datasets["background"]["classes"], datasets["background"]["images"]) == (964, 19280)
+    assert "truncated or corrupt" in datasets["evaluation"]["problem"]
+    assert err.startswith("warning: evaluation: ") and "images_evaluation.zip" in err
+    grid = tmp_path / "g.png"
+    args = ["data", "episodes", "--data-root", str(root), "--out", str(grid)]
+    code, out, err = run_cli([*args, "--set", "background:train"], capsys)
+    assert code == 0, err
+    assert grid.is_file() and err == ""
+    code, _, err = run_cli([*args, "--set", "evaluation"], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and "images_evaluation.zip is not a readable zip" in err
+
+
+def test_a_partly_extracted_folder_does_not_shadow_the_real_zip(
+    shared_data_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    session_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("METARCH_CACHE", str(session_cache))
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = root / "images_background.zip"
+    archive.symlink_to(shared_data_root / "omniglot" / "images_background.zip")
+    with zipfile.ZipFile(archive) as source:  # one alphabet extracted, then interrupted
+        source.extractall(root, [n for n in source.namelist() if "/Latin/" in n])
+    code, out, err = run_cli(["data", "info", "--data-root", str(root), "--json"], capsys)
+    assert code == 0 and err == ""
+    (background,) = json.loads(out)["datasets"]
+    assert (background["alphabets"], background["classes"], background["images"]) == (
+        30,
+        964,
+        19280,
+    )
+    assert background["path"] == str(archive)
+    grid = tmp_path / "g.png"
+    args = ["data", "episodes", "--data-root", str(root), "--out", str(grid)]
+    code, _, err = run_cli([*args, "--set", "background:train"], capsys)
+    assert code == 0, err
+    # Without the zip the folder is read, with a warning that gives the official counts.
+    archive.unlink()
+    code, _, err = run_cli([*args, "--set", "background", "--ways", "3"], capsys)
+    assert code == 0
+    assert err.startswith("warning: ") and "holds 1 alphabets, 26 characters and 520 images" in err
+    assert "the official background set has 30, 964 and 19,280" in err

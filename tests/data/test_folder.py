@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from metarch.data import folder
+from metarch.data import archive, folder
 from metarch.data.folder import (
     IMAGE_EXTENSIONS,
     ImageFolderFormat,
@@ -280,6 +280,26 @@ def test_truncated_jpeg_is_named(shapes: Path, cache: Path) -> None:
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(DataError, match=r"photo\.jpg: not a readable image"):
         load_image_folder(shapes, image_size=8, cache_dir=cache)
+
+
+def test_decompression_bombs_are_refused(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    shapes = write_set(root, "shapes")
+    # An image with more pixels than PIL's bomb limit (lowered here to keep the test small).
+    grey(7, (100, 100)).save(shapes / "circle" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)
+    with pytest.raises(DataError, match="refused as a possible decompression bomb") as info:
+        load_image_folder(shapes, image_size=8, cache_dir=cache)
+    assert "huge.png" in str(info.value)
+    monkeypatch.undo()
+    # In a zip, a member that unpacks past the archive limit is refused before decompressing.
+    (shapes / "circle" / "huge.png").unlink()
+    zip_folder(shapes, tmp_path / "shapes.zip")
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 64)
+    with pytest.raises(DataError, match="decompression bomb: it unpacks to"):
+        load_image_folder(tmp_path / "shapes.zip", image_size=8, cache_dir=cache)
 
 
 @pytest.mark.parametrize("size", [0, 2000, (8,), (8, 0), (8, 8, 8), 8.0, True])

@@ -17,6 +17,7 @@ from metarch.data.lake import (
     LakeResult,
     LakeRuns,
     evaluate_lake_runs,
+    find_lake_runs_source,
     ink_coordinates,
     load_lake_runs,
     load_lake_runs_source,
@@ -26,7 +27,7 @@ from metarch.data.lake import (
 )
 from metarch.errors import DataError
 from metarch.utils.progress import progress_callback
-from tests.fixtures import lake_answer_key, omniglot_png, write_lake_runs
+from tests.fixtures import lake_answer_key, omniglot_png, write_lake_runs, write_omniglot_set
 
 Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -430,3 +431,29 @@ def test_result_needs_percentages() -> None:
         LakeResult(per_run_error_percent=[])
     with pytest.raises(ValueError, match="percentages"):
         LakeResult(per_run_error_percent=[0.5, 150.0])
+
+
+@pytest.mark.parametrize("subfolder", ["", "omniglot"])
+def test_runs_extracted_into_the_data_root(
+    tmp_path: Path, synthetic_folder: Path, subfolder: str
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(synthetic_folder, root / subfolder, copy_function=os.link)  # run01/ ...
+    write_omniglot_set(root, "images_background", {"Alpha": 2}, drawings=2, as_zip=False)
+    assert find_lake_runs_source(root) == root / subfolder
+    runs = load_lake_runs(root, image_size=28)
+    assert len(runs) == 20 and runs.source == root / subfolder
+    found = discover_datasets(root)
+    assert [(s.name, s.runs, s.images) for s in found if s.format == "lake-runs"] == [
+        ("lake_runs", 20, 800)
+    ]
+    # The run folders are Lake's, not 20 class-per-folder image sets.
+    assert not [s for s in found if s.name.startswith("run")]
+
+
+def test_unreadable_runs_are_listed_not_raised(tmp_path: Path, runs_zip: Path) -> None:
+    (tmp_path / "all_runs.zip").write_bytes(runs_zip.read_bytes()[:5000])
+    (summary,) = DATA_FORMATS.get("lake-runs")().discover(tmp_path)
+    assert summary.problem is not None and "truncated or corrupt" in summary.problem
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_lake_runs(tmp_path)

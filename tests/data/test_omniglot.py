@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import io
+import logging
+import shutil
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from metarch.data import archive as archive_module
 from metarch.data import omniglot as omniglot_module
-from metarch.data.formats import discover_datasets
-from metarch.data.omniglot import OmniglotSet, load_omniglot
+from metarch.data.formats import discover_datasets, load_image_set
+from metarch.data.omniglot import OmniglotSet, find_omniglot_source, load_omniglot
+from metarch.data.resolve import load_pool
 from metarch.errors import DataError
 from tests.fixtures import omniglot_png, write_omniglot_set
 
@@ -216,3 +222,91 @@ def test_discovery_counts_without_decoding(tmp_path: Path) -> None:
         "images": 100,
     }
     assert (found["background_small1"].alphabets, found["background_small1"].images) == (1, 40)
+
+
+# --- damaged and partial sets ---------------------------------------------------------------
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` 1-bit pixels, with almost no data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_corrupt_archive_of_another_set_does_not_block(tmp_path: Path) -> None:
+    write_omniglot_set(tmp_path, "images_background", ALPHABETS)
+    evaluation = write_omniglot_set(tmp_path, "images_evaluation", {"Gamma": 2}, first_id=10)
+    evaluation.write_bytes(evaluation.read_bytes()[: evaluation.stat().st_size // 2])
+    found = {s.name: s for s in discover_datasets(tmp_path)}
+    assert found["background"].problem is None and found["background"].classes == 5
+    problem = found["evaluation"].problem
+    assert problem is not None and "truncated or corrupt" in problem
+    assert found["evaluation"].to_json()["problem"] == problem
+    assert load_image_set("background", tmp_path, image_size=28).num_classes == 5
+    pool = load_pool("background", tmp_path)  # the path every command takes
+    assert len(pool) == 5
+    with pytest.raises(DataError, match=r"images_evaluation\.zip is not a readable zip"):
+        load_image_set("evaluation", tmp_path, image_size=28)
+
+
+def test_partly_extracted_folder_does_not_hide_the_complete_zip(tmp_path: Path) -> None:
+    archive = write_omniglot_set(tmp_path / "omniglot", "images_background", ALPHABETS)
+    write_omniglot_set(tmp_path, "images_background", {"Alpha": 3}, drawings=4, as_zip=False)
+    assert find_omniglot_source("background", tmp_path) == archive
+    (summary,) = [s for s in discover_datasets(tmp_path) if s.name == "background"]
+    assert (summary.path, summary.classes, summary.images) == (archive, 5, 100)
+    assert load_omniglot("background", tmp_path).num_classes == 5
+    # A complete folder (as many images as the zip) is still read first.
+    write_omniglot_set(tmp_path, "images_background", ALPHABETS, as_zip=False)
+    assert find_omniglot_source("background", tmp_path) == tmp_path / "images_background"
+    # An unreadable zip never wins over a readable folder.
+    archive.write_bytes(b"PK\x03\x04 truncated")
+    shutil.rmtree(tmp_path / "images_background" / "Beta")
+    assert find_omniglot_source("background", tmp_path) == tmp_path / "images_background"
+
+
+def test_an_incomplete_folder_alone_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = write_omniglot_set(tmp_path, "images_background", ALPHABETS, as_zip=False)
+    (summary,) = discover_datasets(tmp_path)
+    expected = (
+        f"{folder} holds 2 alphabets, 5 characters and 100 images, but the official "
+        "background set has 30, 964 and 19,280: it looks partly extracted"
+    )
+    assert summary.warning is not None and summary.warning.startswith(expected)
+    with caplog.at_level(logging.WARNING, logger="metarch"):
+        assert load_omniglot("background", tmp_path).num_classes == 5
+    assert expected in caplog.text
+    # Zips are the official archives: no such warning (a truncated one is unreadable).
+    write_omniglot_set(tmp_path, "images_background_small1", ALPHABETS)
+    small = [s for s in discover_datasets(tmp_path) if s.name == "background_small1"]
+    assert small[0].warning is None
+
+
+def test_decompression_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = write_omniglot_set(tmp_path, "images_background", ALPHABETS)
+    # A PNG claiming 30000x30000 pixels: refused from its header (PIL's own bomb check).
+    _rewrite_member(archive, "0002_05.png", _header_only_png(30_000, 30_000))
+    with pytest.raises(DataError, match="refused as a possible decompression bomb") as info:
+        load_omniglot("background", tmp_path)
+    assert "Alpha/character02/0002_05.png" in str(info.value)
+    # One below PIL's limit but not 105x105: refused before its pixels are decoded.
+    _rewrite_member(archive, "0002_05.png", _header_only_png(9_000, 9_000))
+    with pytest.raises(DataError, match="got 9000x9000"):
+        load_omniglot("background", tmp_path)
+    # A member that unpacks to more than the archive limit is not decompressed.
+    _rewrite_member(archive, "0002_05.png", omniglot_png(1))
+    monkeypatch.setattr(archive_module, "MAX_MEMBER_BYTES", 100)
+    with pytest.raises(DataError, match="refused as a possible decompression bomb: it unpacks"):
+        load_omniglot("background", tmp_path)

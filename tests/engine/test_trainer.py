@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from metarch.engine.checkpoint import load_checkpoint
 from metarch.engine.config import load_config
 from metarch.engine.trainer import Trainer, TrainingError
-from metarch.errors import ConfigError
+from metarch.errors import ConfigError, DataError
 from tests.fixtures import write_omniglot_set
 
 BASE = {
@@ -307,3 +307,20 @@ def test_parameter_groups_train_with_their_own_rates_and_resume(
         assert torch.equal(full[key], split[key]), key
     with pytest.raises(TrainingError, match="no parameter group 'architecture'; its groups"):
         train(config, tmp_path / "bad", data_root, "optimizer.groups={architecture: {lr: 0.1}}")
+
+
+def test_a_truncated_archive_of_another_set_does_not_stop_training(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
+    broken = write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=6, first_id=100)
+    broken.write_bytes(broken.read_bytes()[:2000])
+    data = {"train_set": "background", "val_set": None, "rotations": False}
+    config = write_config(tmp_path / "c.yaml", "protonet", steps=1, data=data)
+    train(config, tmp_path / "run", root)
+    assert load_checkpoint(tmp_path / "run" / "last.json").step == 1
+    # Validating on the broken set is what fails, naming it.
+    config = write_config(
+        tmp_path / "c.yaml", "protonet", steps=1, data=data | {"val_set": "evaluation"}
+    )
+    with pytest.raises(DataError, match=r"images_evaluation\.zip is not a readable zip"):
+        train(config, tmp_path / "run2", root)

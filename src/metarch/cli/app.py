@@ -4,11 +4,13 @@ Errors a user can cause are :class:`~metarch.errors.MetarchError`; they are prin
 line on stderr with exit status 2. So are the file system's (a read-only or full disk, a
 path below a file, a path that is not UTF-8): one line naming the path and what to do.
 ``--debug`` (anywhere on the command line, or ``METARCH_DEBUG=1``) shows the traceback
-instead.
+instead. Warnings the library logs (a partly extracted data folder, evaluation on trained
+classes, ...) are printed as ``warning: ...`` lines on stderr.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -63,8 +65,25 @@ def root(
     """Meta-learned architecture design: few-shot data, meta-learners and meta-NAS."""
 
 
+class _StderrWarnings(logging.Handler):
+    """``warning: MESSAGE`` on the current ``sys.stderr`` for each library warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("metarch")
+    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
+        logger.addHandler(_StderrWarnings())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
+    _show_library_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("METARCH_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]

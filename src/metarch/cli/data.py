@@ -17,12 +17,13 @@ from metarch.data.formats import discover_datasets, load_image_set
 from metarch.data.pools import ClassPool, alphabet_split
 from metarch.data.resolve import load_pool
 from metarch.errors import DataError
-from metarch.reports.episodes import save_episode_grid
+from metarch.reports.episodes import episode_grid_bytes, save_episode_grid
 from metarch.utils.io import display_path
 
 __all__ = ["app"]
 
 _DOWNLOAD_HELP = f"What to fetch (repeatable): {', '.join(ARCHIVES)}."
+_GB = 1e9
 
 app = typer.Typer(help="Inspect, download, split and draw few-shot data.", no_args_is_help=True)
 
@@ -35,6 +36,10 @@ def info(
     """List the data sets found in the data root."""
     root = data_root_from(data_root)
     found = discover_datasets(root)
+    for s in found:  # on stderr, so that --json output stays one object
+        for note in (s.problem, s.warning):
+            if note is not None:
+                typer.echo(f"warning: {s.name}: {note}", err=True)
     if as_json:
         typer.echo(json.dumps({"data_root": str(root), "datasets": [s.to_json() for s in found]}))
         return
@@ -50,8 +55,8 @@ def info(
             s.name,
             s.format,
             "" if s.alphabets is None else str(s.alphabets),
-            f"{s.classes:,}",
-            f"{s.images:,}",
+            "unreadable" if s.problem else f"{s.classes:,}",
+            "" if s.problem else f"{s.images:,}",
             "" if s.runs is None else str(s.runs),
             str(s.path),
         )
@@ -77,16 +82,25 @@ def episodes(
         False, "--rotations", help="Add 90/180/270-degree rotations as extra classes."
     ),
     image_size: int = typer.Option(28, "--image-size", help="Side of the decoded images."),
+    memory_limit: float = typer.Option(
+        2.0,
+        "--memory-limit",
+        help="GB the request may take to sample and draw; larger requests are refused "
+        "(the picture grows with ways x episodes).",
+    ),
 ) -> None:
     """Draw sample episodes from a class pool into a PNG."""
     if out.suffix.lower() != ".png":
         raise DataError(f"--out must name a .png file, got {out}")
     if count < 1:
         raise DataError(f"--episodes must be at least 1, got {count}")
+    if not memory_limit > 0:
+        raise DataError(f"--memory-limit must be a positive number of GB, got {memory_limit}")
     with show_progress():
         pool = load_pool(
             set_name, data_root_from(data_root), image_size=image_size, rotations=rotations
         )
+    _check_memory(ways, shots, queries, count, pool.dataset.image_shape, memory_limit)
     sampler = EpisodeSampler(pool, ways, shots, queries, seed=seed, within_group=within_alphabet)
     batch = sampler.sample(tasks=count)
     names = [[pool.entry_label(e) for e in row] for row in batch.entries.tolist()]
@@ -140,6 +154,30 @@ def split(
         path = out / f"{set_name}-{part}.txt"
         ClassPool.from_groups(dataset, alphabets).write_split_file(path)
         typer.echo(f"{display_path(path)}: {len(alphabets)} alphabets")
+
+
+def _check_memory(
+    ways: int,
+    shots: int,
+    queries: int,
+    count: int,
+    image_shape: tuple[int, int, int],
+    limit_gb: float,
+) -> None:
+    """Refuse an episode picture that would take more than ``limit_gb`` GB to build."""
+
+    def needs(episodes: int) -> float:
+        return episode_grid_bytes(ways, shots, queries, episodes, image_shape) / _GB
+
+    if min(ways, shots, count) < 1 or queries < 0 or needs(count) <= limit_gb:
+        return  # (invalid shapes are reported by the sampler)
+    fitting = [n for n in (100, 50, 20, 10, 5, 2, 1) if n < count and needs(n) <= limit_gb]
+    fewer = f"--episodes {fitting[0]} fits" if fitting else "even 1 episode is too large"
+    raise DataError(
+        f"{ways}-way {shots}-shot {queries}-query x {count} episodes would take about "
+        f"{needs(count):.1f} GB to sample and draw, over --memory-limit {limit_gb:g} GB: ask "
+        f"for fewer --episodes ({fewer}) or --ways, or raise --memory-limit"
+    )
 
 
 def _key_values(items: list[str], option: str) -> dict[str, int]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,6 +16,14 @@ from metarch.errors import ConfigError
 from metarch.meta.test_time import TestTimeAugmentation
 
 __all__ = ["evaluate"]
+
+
+def _json(data: dict[str, Any]) -> str:
+    """Strict JSON (never a bare ``NaN``, which strict parsers reject): non-numbers -> null."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
+    }
+    return json.dumps(clean, allow_nan=False)
 
 
 def evaluate(
@@ -49,6 +59,14 @@ def evaluate(
     """Mean accuracy with a 95% confidence interval, or Lake's one-shot error."""
     if protocol not in ("episodes", "lake-runs"):
         raise ConfigError(f"--protocol must be 'episodes' or 'lake-runs', got {protocol!r}")
+    for option, value in (
+        ("--ways", ways),
+        ("--shots", shots),
+        ("--queries", queries),
+        ("--episodes", episodes),
+    ):
+        if value < 1:
+            raise ConfigError(f"{option} must be at least 1, got {value}")
     if tta < 0:
         raise ConfigError(f"--tta must be 0 (off) or a number of copies, got {tta}")
     if not 0.0 < tta_strength <= 1.0:
@@ -68,7 +86,7 @@ def evaluate(
                 inputs=model.inputs,
             )
             if as_json:
-                typer.echo(json.dumps({**lake.to_json(), **source}))
+                typer.echo(_json({**lake.to_json(), **source}))
             else:
                 typer.echo(
                     f"Lake's one-shot runs: error {lake.error_percent:.2f}% (20 runs; "
@@ -88,9 +106,10 @@ def evaluate(
             seed=seed,
             augmentation=augmentation,
             inputs=model.inputs,
+            train_set=model.config.data.train_set,
         )
     if as_json:
-        typer.echo(json.dumps({**result.to_json(), **source}))
+        typer.echo(_json({**result.to_json(), **source}))
         return
     mode = " within-alphabet" if within_alphabet else ""
     mode += f", test-time augmentation x{tta}" if tta else ""

@@ -5,11 +5,16 @@ from __future__ import annotations
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 
 from metarch.errors import DataError
 
-__all__ = ["DirectoryTree", "FileTree", "ZipTree", "open_tree"]
+__all__ = ["MAX_MEMBER_BYTES", "DirectoryTree", "FileTree", "ZipTree", "open_tree"]
+
+#: Largest archive member read (uncompressed). Few-shot images are kilobytes; a member that
+#: unpacks to more is refused before it is decompressed, so a zip bomb cannot fill memory.
+MAX_MEMBER_BYTES = 64 * 2**20
 
 
 class FileTree(ABC):
@@ -67,7 +72,16 @@ class ZipTree(FileTree):
 
     def read(self, name: str) -> bytes:  # noqa: D102
         try:
-            return self._zip.read(self.prefix + name)
+            info = self._zip.getinfo(self.prefix + name)
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise DataError(
+                    f"{self.where(name)}: refused as a possible decompression bomb: it unpacks "
+                    f"to {info.file_size:,} bytes from {info.compress_size:,} (the limit is "
+                    f"{MAX_MEMBER_BYTES:,}); few-shot images are small, so remove this member "
+                    "or shrink it"
+                )
+            # zipfile stops at the declared size, so the check above bounds what is read.
+            return self._zip.read(info)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise DataError(
                 f"{self.where(name)}: cannot read archive member ({exc}); the archive is "
@@ -79,12 +93,13 @@ class ZipTree(FileTree):
 
 
 class DirectoryTree(FileTree):
-    """Regular files below a folder."""
+    """Regular files below a folder (or only below some of its subfolders)."""
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, subfolders: Iterable[str] | None = None) -> None:
         self.source = source
+        tops = [source] if subfolders is None else [source / name for name in subfolders]
         self._names = sorted(
-            p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()
+            p.relative_to(source).as_posix() for top in tops for p in top.rglob("*") if p.is_file()
         )
 
     def names(self) -> list[str]:  # noqa: D102

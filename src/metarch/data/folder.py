@@ -466,10 +466,11 @@ def load_image_folder(
 def _claimed_elsewhere(path: Path) -> bool:
     if path.name.lower().startswith(_FOREIGN_PREFIXES) or _is_hidden(path.name):
         return True
-    # Imported here because miniimagenet imports this module's decoders.
+    # Imported here because these modules import this one's decoders (or its imports').
+    from metarch.data.lake import is_lake_run_folder
     from metarch.data.miniimagenet import is_mini_imagenet_folder
 
-    return path.is_dir() and is_mini_imagenet_folder(path)
+    return path.is_dir() and (is_mini_imagenet_folder(path) or is_lake_run_folder(path))
 
 
 def _zip_summary(path: Path) -> tuple[list[ImageFolderClass], dict[str, str]] | None:

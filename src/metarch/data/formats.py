@@ -12,6 +12,7 @@ decorate it with ``@DATA_FORMATS.register("name")``; import the module in
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,11 @@ class DatasetSummary:
         images: Number of images.
         runs: Number of one-shot runs (Lake's runs only), else ``None``.
         details: Format-specific facts (for example per-split counts).
+        problem: Why the set cannot be read (a truncated archive, ...), else ``None``.
+            ``metarch data info`` shows it as a warning and loading the set raises it;
+            commands on other sets are not affected.
+        warning: Something to check about a readable set (fewer images than the official
+            archive holds, ...), else ``None``.
     """
 
     name: str
@@ -54,13 +60,16 @@ class DatasetSummary:
     images: int
     runs: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+    warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict; ``runs`` only appears for sets that have runs."""
+        """JSON-ready dict; ``runs``, ``details``, ``problem`` and ``warning`` only when set."""
         data = asdict(self)
         data["path"] = str(self.path)
-        if self.runs is None:
-            del data["runs"]
+        for key in ("runs", "problem", "warning"):
+            if data[key] is None:
+                del data[key]
         if not self.details:
             del data["details"]
         return data
@@ -112,9 +121,15 @@ class DataFormat(ABC):
 
 DATA_FORMATS: Registry[type[DataFormat]] = Registry("data format")
 
+log = logging.getLogger(__name__)
+
 
 def discover_datasets(root: Path) -> list[DatasetSummary]:
     """Every data set that any registered format finds below ``root``.
+
+    A set that cannot be read is listed with its :attr:`DatasetSummary.problem`; it never
+    stops the discovery of the others (a format whose whole discovery fails is skipped with
+    a logged warning).
 
     Raises:
         DataError: If ``root`` is not a folder.
@@ -124,8 +139,11 @@ def discover_datasets(root: Path) -> list[DatasetSummary]:
             f"data root {root} is not a folder; pass --data-root DIR or set METARCH_DATA"
         )
     found: list[DatasetSummary] = []
-    for _, format_class in DATA_FORMATS.items():
-        found.extend(format_class().discover(root))
+    for name, format_class in DATA_FORMATS.items():
+        try:
+            found.extend(format_class().discover(root))
+        except DataError as exc:
+            log.warning("skipping %s data sets in %s: %s", name, root, exc)
     return found
 
 
@@ -145,6 +163,8 @@ def load_image_set(
     set_name, _, part = name.partition(":")
     for summary in summaries:
         if summary.name == set_name:
+            if summary.problem is not None:
+                raise DataError(summary.problem)
             data_format = DATA_FORMATS.get(summary.format)()
             if part:
                 return data_format.load_part(

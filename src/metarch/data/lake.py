@@ -9,8 +9,9 @@ classification within one evaluation alphabet. Each run has::
                                                  "run01/test/item01.png run01/training/class12.png"
 
 The files may sit at the top of the archive or below an ``all_runs/`` folder, and the
-archive may be extracted to an ``all_runs/`` folder. Images are 105x105 1-bit PNGs, decoded
-like Omniglot (ink intensities, 0 = background, 255 = ink).
+archive may be extracted to an ``all_runs/`` folder or straight into the data root (or its
+``omniglot/`` subfolder), leaving ``run01/`` ... ``run20/`` there. Images are 105x105
+1-bit PNGs, decoded like Omniglot (ink intensities, 0 = background, 255 = ink).
 
 The protocol (:func:`evaluate_lake_runs`) asks a classifier to label the 20 queries of each
 run from its 20 support images, and reports the error of each run and their mean in percent.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarch.data.archive import FileTree, open_tree
+from metarch.data.archive import DirectoryTree, FileTree, open_tree
 from metarch.data.base import ImageClassDataset
 from metarch.data.formats import DATA_FORMATS, DataFormat, DatasetSummary
 from metarch.data.omniglot import decode_omniglot_png
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate_lake_runs",
     "find_lake_runs_source",
     "ink_coordinates",
+    "is_lake_run_folder",
     "load_lake_runs",
     "load_lake_runs_source",
     "mhd_distances",
@@ -70,6 +72,7 @@ LAKE_RUNS_FOLDER = "all_runs"
 LakeClassifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _RUN_FILE = re.compile(r"^run(?P<run>\d+)/")
+_RUN_FOLDER = re.compile(r"run\d+")
 _IMAGE = re.compile(r"^run(?P<run>\d+)/(?P<kind>training/class|test/item)(?P<index>\d+)\.png$")
 _LABELS_FILE = "class_labels.txt"
 # Archive litter from macOS and Windows, never part of a run.
@@ -182,13 +185,40 @@ class LakeResult:
 # ----------------------------------------------------------------------------- reading
 
 
+def is_lake_run_folder(path: Path) -> bool:
+    """Whether ``path`` is one extracted run: ``runNN/`` with ``training/`` and ``test/``."""
+    return (
+        _RUN_FOLDER.fullmatch(path.name) is not None
+        and (path / "training").is_dir()
+        and (path / "test").is_dir()
+    )
+
+
+def _run_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and _RUN_FOLDER.fullmatch(p.name))
+
+
 def find_lake_runs_source(data_root: Path) -> Path | None:
-    """Locate ``all_runs/`` or ``all_runs.zip`` in ``data_root`` or ``data_root/omniglot``."""
+    """Locate Lake's runs in ``data_root`` or ``data_root/omniglot``.
+
+    They are ``all_runs/``, ``all_runs.zip``, or the runs extracted in place: a folder
+    holding ``run01/`` (then that folder is the source, read for its ``runNN/`` only).
+    """
     for folder in candidate_dirs(data_root, "omniglot"):
         for candidate in (folder / LAKE_RUNS_FOLDER, folder / LAKE_RUNS_ARCHIVE):
             if candidate.exists():
                 return candidate
+        if is_lake_run_folder(folder / "run01"):
+            return folder
     return None
+
+
+def _open_runs(source: Path) -> FileTree:
+    """The files of the runs: a zip, ``all_runs/``, or the ``runNN/`` of a data folder."""
+    if source.is_dir():
+        base = source / LAKE_RUNS_FOLDER if (source / LAKE_RUNS_FOLDER).is_dir() else source
+        return DirectoryTree(base, _run_folders(base))
+    return open_tree(source, LAKE_RUNS_FOLDER, optional_top=True)
 
 
 def load_lake_runs(
@@ -233,7 +263,7 @@ def load_lake_runs_source(source: Path, *, image_size: int = 28) -> LakeRuns:
         raise DataError(
             f"{source} does not exist; expected {LAKE_RUNS_ARCHIVE} or {LAKE_RUNS_FOLDER}/"
         )
-    with open_tree(source, LAKE_RUNS_FOLDER, optional_top=True) as tree:
+    with _open_runs(source) as tree:
         names = {n for n in tree.names() if not _IGNORED.search(n)}
         _check_runs_present(tree, names)
         runs = tuple(
@@ -597,8 +627,21 @@ class LakeRunsFormat(DataFormat):
         source = find_lake_runs_source(root)
         if source is None:
             return []
-        with open_tree(source, LAKE_RUNS_FOLDER, optional_top=True) as tree:
-            images = [m for m in map(_IMAGE.match, tree.names()) if m is not None]
+        try:
+            with _open_runs(source) as tree:
+                images = [m for m in map(_IMAGE.match, tree.names()) if m is not None]
+        except DataError as exc:  # listed, so that only the runs' protocol fails
+            return [
+                DatasetSummary(
+                    name="lake_runs",
+                    format=self.name,
+                    path=source,
+                    alphabets=None,
+                    classes=0,
+                    images=0,
+                    problem=str(exc),
+                )
+            ]
         return [
             DatasetSummary(
                 name="lake_runs",

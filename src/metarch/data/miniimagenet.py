@@ -314,8 +314,8 @@ class MiniImageNetFormat(DataFormat):
     """mini-ImageNet folders directly in the data root (see the module docstring).
 
     A folder that looks like mini-ImageNet but fails validation is still reported, with no
-    classes and the problem in ``details["error"]``, so that listing never fails and loading
-    it raises the full message.
+    classes and the problem in ``details["error"]`` and ``problem``, so that listing never
+    fails and loading it raises the full message.
     """
 
     name = "mini-imagenet"
@@ -339,6 +339,7 @@ class MiniImageNetFormat(DataFormat):
                         classes=0,
                         images=0,
                         details={"error": str(exc)},
+                        problem=str(exc),
                     )
                 )
                 continue

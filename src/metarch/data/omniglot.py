@@ -9,6 +9,7 @@ are 105x105 1-bit PNGs with black ink on white. They are decoded once into ink i
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 from collections import defaultdict
@@ -27,6 +28,7 @@ from metarch.errors import DataError
 from metarch.utils.progress import report_progress
 
 __all__ = [
+    "OMNIGLOT_DRAWERS",
     "OMNIGLOT_ORIGINAL_SIZE",
     "OMNIGLOT_SETS",
     "Character",
@@ -40,6 +42,10 @@ __all__ = [
 ]
 
 OMNIGLOT_ORIGINAL_SIZE = 105
+#: Drawings of every character (drawers 01-20) in the official sets.
+OMNIGLOT_DRAWERS = 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,32 @@ class OmniglotSetInfo:
     def archive(self) -> str:
         """File name of the official archive."""
         return f"{self.folder}.zip"
+
+    @property
+    def images(self) -> int:
+        """Number of images in the official set."""
+        return self.characters * OMNIGLOT_DRAWERS
+
+    def incompleteness(
+        self, source: Path, alphabets: int, characters: int, images: int
+    ) -> str | None:
+        """Why an extracted folder with these counts looks partly extracted, else ``None``.
+
+        Only folders are judged: a zip is the official archive (a truncated one is
+        unreadable, not short), while a folder with fewer files is usually an interrupted
+        extraction.
+        """
+        if not source.is_dir() or (
+            alphabets >= self.alphabets and characters >= self.characters and images >= self.images
+        ):
+            return None
+        return (
+            f"{source} holds {alphabets} alphabets, {characters:,} characters and {images:,} "
+            f"images, but the official {self.name} set has {self.alphabets}, "
+            f"{self.characters:,} and {self.images:,}: it looks partly extracted; extract "
+            f"{self.archive} again, or place the archive next to it (the more complete one "
+            "is read)"
+        )
 
 
 OMNIGLOT_SETS: dict[str, OmniglotSetInfo] = {
@@ -135,7 +167,8 @@ def decode_omniglot_png(data: bytes, where: str, image_size: int) -> np.ndarray:
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
+            # Checked from the header, before decoding: a file claiming a huge size (a
+            # decompression bomb) is refused without allocating its pixels.
             size, mode = image.size, image.mode
             if size != (OMNIGLOT_ORIGINAL_SIZE, OMNIGLOT_ORIGINAL_SIZE) or mode != "1":
                 raise DataError(
@@ -143,7 +176,14 @@ def decode_omniglot_png(data: bytes, where: str, image_size: int) -> np.ndarray:
                     f"1-bit PNG as in the official Omniglot archives, got {size[0]}x{size[1]} "
                     f"mode {mode!r}"
                 )
+            image.load()
             ink = ImageOps.invert(image.convert("L"))
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{where}: refused as a possible decompression bomb ({exc}); official Omniglot "
+            f"images are {OMNIGLOT_ORIGINAL_SIZE}x{OMNIGLOT_ORIGINAL_SIZE}: remove or replace "
+            "this file"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{where}: not a readable PNG image ({exc})") from exc
     if image_size != OMNIGLOT_ORIGINAL_SIZE:
@@ -152,13 +192,38 @@ def decode_omniglot_png(data: bytes, where: str, image_size: int) -> np.ndarray:
 
 
 def find_omniglot_source(set_name: str, data_root: Path) -> Path | None:
-    """Locate a set's extracted folder or zip below a data root (``root`` or ``root/omniglot``)."""
+    """Locate a set's extracted folder or zip below a data root (``root`` or ``root/omniglot``).
+
+    When there are several (a folder and its zip, or copies in both places), the one with
+    the most images is read, so a partly extracted folder never hides its complete archive;
+    an unreadable archive counts as empty, and ties go to the first found (folder before
+    zip, ``root`` before ``root/omniglot``).
+    """
     info = _info(set_name)
-    for folder in candidate_dirs(data_root, "omniglot"):
-        for candidate in (folder / info.folder, folder / info.archive):
-            if candidate.exists():
-                return candidate
-    return None
+    found = [
+        candidate
+        for folder in candidate_dirs(data_root, "omniglot")
+        for candidate in (folder / info.folder, folder / info.archive)
+        if candidate.exists()
+    ]
+    if len(found) <= 1:
+        return found[0] if found else None
+
+    def images(source: Path) -> int:
+        try:
+            return _count(source, info)[2]
+        except DataError:
+            return -1
+
+    return max(found, key=images)  # max keeps the first of equal counts
+
+
+def _count(source: Path, info: OmniglotSetInfo) -> tuple[int, int, int]:
+    """``(alphabets, characters, images)`` of a source, from its file listing."""
+    with open_tree(source, info.folder) as tree:
+        matches = [m for m in map(_MEMBER.match, tree.names()) if m is not None]
+    characters = {(m["alphabet"], m["character"]) for m in matches}
+    return len({a for a, _ in characters}), len(characters), len(matches)
 
 
 def _info(set_name: str) -> OmniglotSetInfo:
@@ -299,6 +364,11 @@ def load_omniglot_source(
     dataset = cached_dataset(
         "omniglot", set_name, source, {"image_size": image_size}, decode, cache_dir=cache_dir
     )
+    warning = info.incompleteness(
+        source, len(set(dataset.class_groups)), dataset.num_classes, dataset.num_images
+    )
+    if warning is not None:
+        log.warning("%s", warning)
     # Cache entries hold the base class; re-wrap to expose the Omniglot accessors.
     return OmniglotSet(
         name=dataset.name,
@@ -323,17 +393,30 @@ class OmniglotFormat(DataFormat):
             source = find_omniglot_source(set_name, root)
             if source is None:
                 continue
-            with open_tree(source, info.folder) as tree:
-                matches = [m for m in map(_MEMBER.match, tree.names()) if m is not None]
-            characters = {(m["alphabet"], m["character"]) for m in matches}
+            try:
+                alphabets, characters, images = _count(source, info)
+            except DataError as exc:  # listed, so that only loading this set fails
+                found.append(
+                    DatasetSummary(
+                        name=set_name,
+                        format=self.name,
+                        path=source,
+                        alphabets=None,
+                        classes=0,
+                        images=0,
+                        problem=str(exc),
+                    )
+                )
+                continue
             found.append(
                 DatasetSummary(
                     name=set_name,
                     format=self.name,
                     path=source,
-                    alphabets=len({a for a, _ in characters}),
-                    classes=len(characters),
-                    images=len(matches),
+                    alphabets=alphabets,
+                    classes=characters,
+                    images=images,
+                    warning=info.incompleteness(source, alphabets, characters, images),
                 )
             )
         return found

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,26 +13,37 @@ import torch
 
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.lake import LakeResult, evaluate_lake_runs, load_lake_runs
+from metarch.data.omniglot import OMNIGLOT_SETS
+from metarch.data.pools import ClassPool
 from metarch.data.resolve import load_pool
 from metarch.engine.build import ModelInputs, build_learner
 from metarch.engine.checkpoint import CheckpointError, load_checkpoint
 from metarch.engine.config import TrainConfig, load_config
-from metarch.errors import ConfigError
+from metarch.errors import ConfigError, DataError, EpisodeError
 from metarch.meta.base import MetaLearner
 from metarch.meta.test_time import TestTimeAugmentation, adapt_task_with
 
 __all__ = [
     "EvaluationResult",
     "TrainedModel",
+    "check_state_fits",
     "evaluate_episodes",
     "evaluate_lake",
     "evaluate_learner",
     "load_trained_learner",
+    "trained_classes_in",
 ]
 
+log = logging.getLogger(__name__)
 
-def _shape(shape: tuple[int, int, int]) -> str:
-    return "x".join(map(str, shape))
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) or "a scalar"
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or ``None`` (JSON ``null``) for NaN and infinities."""
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,12 @@ class EvaluationResult:
     episodes: int
 
     def to_json(self) -> dict[str, Any]:
-        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``."""
-        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes}
+        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``; ``null`` for a non-number."""
+        return {
+            "accuracy": _finite(self.accuracy),
+            "ci95": _finite(self.ci95),
+            "episodes": self.episodes,
+        }
 
 
 def evaluate_learner(
@@ -65,7 +81,18 @@ def evaluate_learner(
     """Adapt to and score ``episodes`` episodes of ``sampler`` (the first of its stream).
 
     ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`).
+
+    Raises:
+        EpisodeError: If ``episodes`` is below 1 or the episodes have no queries (no
+            accuracy to measure).
     """
+    if episodes < 1:
+        raise EpisodeError(f"evaluation needs at least 1 episode, got {episodes}")
+    if sampler.queries < 1:
+        raise EpisodeError(
+            f"evaluation needs at least 1 query per class (accuracy is measured on queries), "
+            f"got {sampler.queries}"
+        )
     was_training = learner.training
     learner.eval()
     accuracies = []
@@ -129,14 +156,91 @@ def load_trained_learner(run_dir: Path, checkpoint: str = "best") -> TrainedMode
         raise ConfigError(str(exc)) from None
     inputs = ModelInputs.from_json(state.inputs, config)
     learner = build_learner(config, inputs.shape)
+    check_state_fits(learner.state_dict(), state.model_state, path, config_file)
     try:
         learner.load_state_dict(state.model_state)
     except RuntimeError as exc:
         raise ConfigError(
-            f"{path}: the weights do not fit the model its config describes ({exc})"
+            f"{path}: the weights do not fit the model {config_file} describes ({exc})"
         ) from None
     learner.eval()
     return TrainedModel(learner, config, inputs, path, state.step)
+
+
+def check_state_fits(
+    model: Mapping[str, torch.Tensor],
+    checkpoint: Mapping[str, torch.Tensor],
+    path: Path,
+    config_file: Path,
+) -> None:
+    """Refuse checkpoint tensors that do not fit the model a config builds, naming the first.
+
+    Raises:
+        ConfigError: Naming the checkpoint, the first tensor that is missing, extra or of
+            another shape (in the model's order), and how many more differ.
+    """
+    problems: list[str] = []
+    for name, tensor in model.items():
+        if name not in checkpoint:
+            problems.append(f"the model's tensor {name!r} ({_shape(tensor.shape)}) is missing")
+        elif tuple(checkpoint[name].shape) != tuple(tensor.shape):
+            problems.append(
+                f"tensor {name!r} is {_shape(checkpoint[name].shape)} in the checkpoint but "
+                f"{_shape(tensor.shape)} in the model"
+            )
+    problems += [
+        f"it holds tensor {name!r} ({_shape(checkpoint[name].shape)}), which the model lacks"
+        for name in checkpoint
+        if name not in model
+    ]
+    if problems:
+        more = f" ({len(problems) - 1} more tensors differ)" if len(problems) > 1 else ""
+        raise ConfigError(
+            f"checkpoint {path} does not match the model {config_file} builds: "
+            f"{problems[0]}{more}; was the config edited after training, or is the checkpoint "
+            "another run's?"
+        )
+
+
+def _set_names(spec: str) -> set[str]:
+    """Data sets a ``--set`` value may draw classes from, judged from the value alone.
+
+    Omniglot sets that share classes count as one another.
+    """
+    name = spec.split(":", 1)[0]
+    if spec.endswith(".txt") or name == "omniglot":  # split files read background+evaluation
+        return set(OMNIGLOT_SETS)
+    if name.startswith("background"):  # the small sets are parts of the background set
+        return {n for n in OMNIGLOT_SETS if n.startswith("background")}
+    return {name}
+
+
+def trained_classes_in(
+    pool: ClassPool, pool_spec: str, train_set: str, data_root: Path, *, image_size: int
+) -> list[str]:
+    """Classes of ``pool`` that the training pool ``train_set`` (a ``--set`` value) also holds.
+
+    ``pool_spec`` is the ``--set`` value ``pool`` was loaded from. Rotations aside: a class
+    counts as trained if any rotation of it was. The training pool is only loaded when the
+    two values can share a data set at all; if it cannot be loaded from ``data_root`` the
+    answer is ``[]``.
+    """
+    if not _set_names(train_set) & _set_names(pool_spec):
+        return []
+    try:
+        trained = load_pool(train_set, data_root, image_size=image_size)
+    except DataError:
+        return []
+
+    def names(of: ClassPool) -> list[str]:
+        # Omniglot sets name characters the same way; any other set's classes are its own.
+        dataset = of.dataset.name
+        space = "omniglot" if dataset in OMNIGLOT_SETS or dataset == "omniglot" else dataset
+        labels = of.dataset.class_names
+        return [f"{space}/{labels[c]}" for c in dict.fromkeys(of.classes.tolist())]
+
+    seen = set(names(trained))
+    return [name.split("/", 1)[1] for name in names(pool) if name in seen]
 
 
 def evaluate_episodes(
@@ -153,13 +257,31 @@ def evaluate_episodes(
     seed: int = 0,
     augmentation: TestTimeAugmentation | None = None,
     inputs: ModelInputs | None = None,
+    train_set: str | None = None,
 ) -> EvaluationResult:
     """Mean query accuracy (percent, with 95% CI) over ``episodes`` episodes of a pool.
 
     ``augmentation`` adds test-time augmentation (:class:`TestTimeAugmentation`);
-    ``inputs`` (the trained model's) checks the images' shape and normalises them.
+    ``inputs`` (the trained model's) checks the images' shape and normalises them;
+    ``train_set`` (the run's ``data.train_set``) logs a warning when the pool holds classes
+    the model was trained on.
     """
+    if episodes < 1:
+        raise EpisodeError(f"evaluation needs at least 1 episode, got {episodes}")
     pool = load_pool(pool_spec, data_root, image_size=image_size)
+    if train_set is not None:
+        shared = trained_classes_in(pool, pool_spec, train_set, data_root, image_size=image_size)
+        if shared:
+            log.warning(
+                "%s shares %d of its %d classes with the training set %r (e.g. %s): accuracy "
+                "on trained classes overstates few-shot accuracy on new ones; evaluate on "
+                "held-out classes (background:test for a run trained on background:train)",
+                pool_spec,
+                len(shared),
+                len(set(pool.classes.tolist())),
+                train_set,
+                shared[0],
+            )
     normalization = None
     if inputs is not None:
         if pool.dataset.image_shape != inputs.shape:

@@ -15,9 +15,11 @@ import numpy as np
 from metarch.data.episodes import EpisodeBatch
 from metarch.utils.io import atomic_write_bytes
 
-__all__ = ["episode_canvas", "save_episode_grid"]
+__all__ = ["episode_canvas", "episode_grid_bytes", "save_episode_grid"]
 
 _PAD = 2
+_SCALE = 0.035  # figure inches per canvas pixel
+_DPI = 100
 _SUPPORT_FRAME = np.array([0.12, 0.47, 0.71])  # blue frames mark support images
 _QUERY_FRAME = np.array([0.75, 0.75, 0.75])
 
@@ -58,6 +60,46 @@ def episode_canvas(batch: EpisodeBatch, task: int, max_queries: int = 5) -> np.n
     return canvas
 
 
+def _figure_inches(width: int, height: int, episodes: int) -> tuple[float, float]:
+    """Figure size for canvases of ``width`` and total ``height`` pixels, one per episode."""
+    return max(4.0, width * _SCALE), height * _SCALE + 1.0 + 0.4 * episodes
+
+
+def episode_grid_bytes(
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int,
+    image_shape: tuple[int, int, int],
+    *,
+    max_queries: int = 5,
+) -> int:
+    """Memory that sampling and drawing such episodes with :func:`save_episode_grid` takes.
+
+    An estimate, in bytes, made before anything is built: the sampled ``float32`` images
+    (``ways x (shots + queries) x episodes`` of them), the ``float64`` canvas of each
+    episode, and the figure's RGBA raster (counted twice: matplotlib's renderer and the
+    resampled images it draws hold one each). It grows with ``ways x episodes``, the
+    figure's area: 100 ways x 200 episodes of 28x28 images is about 13 GB.
+
+    Args:
+        ways: Classes per episode.
+        shots: Support images per class.
+        queries: Query images per class.
+        episodes: Episodes drawn.
+        image_shape: ``(channels, height, width)`` of the images.
+        max_queries: Queries shown per class at most (as :func:`save_episode_grid`).
+    """
+    channels, h, w = image_shape
+    tensors = episodes * ways * (shots + queries) * channels * h * w * 4
+    canvas_h = (shots + min(queries, max_queries)) * (h + 2 * _PAD) + _PAD
+    canvas_w = ways * (w + 2 * _PAD)
+    canvases = episodes * canvas_h * canvas_w * 3 * 8
+    inches_w, inches_h = _figure_inches(canvas_w, episodes * canvas_h, episodes)
+    raster = int(inches_w * _DPI) * int(inches_h * _DPI) * 4
+    return tensors + canvases + 2 * raster
+
+
 def save_episode_grid(
     batch: EpisodeBatch,
     path: str | os.PathLike[str],
@@ -81,12 +123,8 @@ def save_episode_grid(
     canvases = [episode_canvas(batch, t, max_queries) for t in range(count)]
     width = max(c.shape[1] for c in canvases)
     height = sum(c.shape[0] for c in canvases)
-    scale = 0.035
     figure, axes = plt.subplots(
-        count,
-        1,
-        figsize=(max(4.0, width * scale), height * scale + 1.0 + 0.4 * count),
-        squeeze=False,
+        count, 1, figsize=_figure_inches(width, height, count), squeeze=False
     )
     for t, (axis, canvas) in enumerate(zip(axes[:, 0], canvases, strict=True)):
         axis.imshow(canvas, interpolation="nearest")
@@ -100,6 +138,6 @@ def save_episode_grid(
         figure.suptitle(f"{title}  (blue: support, grey: query)", fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=_DPI)
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
