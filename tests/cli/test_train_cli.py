@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,10 +95,13 @@ def test_read_only_output(
     if os.geteuid() != 0:
         out.chmod(0o555)
         expected = "permission denied; choose a path you may write to"
-    else:  # root writes anywhere: the disk says no instead
+    else:  # root writes anywhere: the disk says no instead (only below `out`)
+        mkdir = Path.mkdir
 
-        def read_only(*args: object, **kwargs: object) -> int:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out / "run"))
+        def read_only(self: Path, *args: Any, **kwargs: Any) -> None:
+            if self.is_relative_to(out):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(out / "run"))
+            mkdir(self, *args, **kwargs)
 
         monkeypatch.setattr(Path, "mkdir", read_only)
         expected = "the file system is read-only; choose a path on a writable disk"
