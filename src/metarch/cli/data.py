@@ -13,7 +13,7 @@ from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
 from metarch.cli.progress import show_progress
 from metarch.data.download import ARCHIVES, download_omniglot
 from metarch.data.episodes import EpisodeSampler
-from metarch.data.formats import discover_datasets, load_image_set
+from metarch.data.formats import discover_datasets, load_image_set, unrecognised_archives
 from metarch.data.pools import ClassPool, alphabet_split
 from metarch.data.resolve import load_pool
 from metarch.errors import DataError
@@ -40,6 +40,8 @@ def info(
         for note in (s.problem, s.warning):
             if note is not None:
                 typer.echo(f"warning: {s.name}: {note}", err=True)
+    for problem in unrecognised_archives(root, found):
+        typer.echo(f"warning: {problem}", err=True)
     if as_json:
         typer.echo(json.dumps({"data_root": str(root), "datasets": [s.to_json() for s in found]}))
         return

@@ -29,6 +29,7 @@ __all__ = [
     "DatasetSummary",
     "discover_datasets",
     "load_image_set",
+    "unrecognised_archives",
 ]
 
 
@@ -145,6 +146,26 @@ def discover_datasets(root: Path) -> list[DatasetSummary]:
         except DataError as exc:
             log.warning("skipping %s data sets in %s: %s", name, root, exc)
     return found
+
+
+def unrecognised_archives(root: Path, found: list[DatasetSummary]) -> list[str]:
+    """What is wrong with each zip in ``root`` (or one folder down) that no set came from.
+
+    A zip no format discovered was most likely meant as a set and is malformed (the wrong
+    top folder, ...): each format's :meth:`DataFormat.diagnose` may say why.
+    """
+    claimed = {summary.path.resolve() for summary in found}
+    folders = [root, *(p for p in sorted(root.iterdir()) if p.is_dir())]
+    problems = []
+    for archive in (a for folder in folders for a in sorted(folder.glob("*.zip"))):
+        if archive.resolve() in claimed:
+            continue
+        for _, format_class in DATA_FORMATS.items():
+            problem = format_class().diagnose(root, archive.stem)
+            if problem is not None:
+                problems.append(problem)
+                break
+    return problems
 
 
 def load_image_set(

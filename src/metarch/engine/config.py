@@ -515,7 +515,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         except OSError as exc:
             raise ConfigError(f"cannot read config {path} ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -531,3 +531,13 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
 def dump_config(config: TrainConfig) -> str:
     """The config as YAML (what a run directory stores as ``config.yaml``)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what PyYAML's (multi-line) error is, on one line."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return f" ({' '.join(str(error).split())})"
+    mark = error.problem_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = " ".join(part for part in (error.context, error.problem) if part)
+    return f"{where}: {what}" if what else where
