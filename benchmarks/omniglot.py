@@ -118,7 +118,7 @@ def evaluate_task(
     ``tta`` is ``(copies, strength)`` of test-time augmentation (0 copies: none).
     """
     ways, shots, within = task
-    evaluate = ["evaluate", "--run", str(run), "--set", "background:test", *data]
+    evaluate = ["evaluate", "--run", str(run), "--dataset", "background:test", *data]
     evaluate += ["--ways", str(ways), "--shots", str(shots)]
     evaluate += ["--queries", "5" if ways > 5 else "15", "--episodes", str(episodes)]
     evaluate += ["--seed", "0", "--json"]

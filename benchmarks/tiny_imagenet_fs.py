@@ -106,7 +106,7 @@ def validation_curve(run: Path) -> list[dict[str, float]]:
 
 def evaluate(run: Path, shots: int, data: list[str], episodes: int) -> dict[str, Any]:
     """Accuracy on ``episodes`` fixed 5-way ``shots``-shot 15-query test episodes."""
-    command = ["evaluate", "--run", str(run), "--set", TEST_SET, *data, "--ways", "5"]
+    command = ["evaluate", "--run", str(run), "--dataset", TEST_SET, *data, "--ways", "5"]
     command += ["--shots", str(shots), "--queries", "15", "--episodes", str(episodes)]
     done = metarch(*command, "--seed", "0", "--json")
     if done.returncode != 0:

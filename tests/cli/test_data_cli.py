@@ -57,7 +57,7 @@ def test_info_on_shared_data(shared_data_root: Path, capsys: pytest.CaptureFixtu
 
 def test_episodes_png(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_file = tmp_path / "grid.png"
-    args = ["data", "episodes", "--data-root", str(root), "--set", "background", "--ways", "5"]
+    args = ["data", "episodes", "--data-root", str(root), "--dataset", "background", "--ways", "5"]
     args += ["--shots", "1", "--queries", "5", "--out", str(out_file), "--within-alphabet"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
@@ -74,9 +74,9 @@ def test_split_command_writes_split_files(
     train = (tmp_path / "splits" / "background-train.txt").read_text().split()
     test = (tmp_path / "splits" / "background-test.txt").read_text().split()
     assert len(train) + len(test) == 11 and not set(train) & set(test)
-    # The written file is a valid --set value.
+    # The written file is a valid --dataset value.
     grid = tmp_path / "g.png"
-    split_args = ["data", "episodes", "--data-root", str(root), "--set"]
+    split_args = ["data", "episodes", "--data-root", str(root), "--dataset"]
     code, _, err = run_cli(
         [
             *split_args,
@@ -96,9 +96,9 @@ def test_split_command_writes_split_files(
     [
         (["--ways", "50"], "50-way episodes need at least 50 classes"),
         (["--shots", "15", "--queries", "10"], "25 images per class"),
-        (["--set", "nothing"], "no data set named 'nothing'"),
-        (["--set", "background:holdout"], "has no part 'holdout'"),
-        (["--set", "missing.txt"], "split file missing.txt does not exist"),
+        (["--dataset", "nothing"], "no data set named 'nothing'"),
+        (["--dataset", "background:holdout"], "has no part 'holdout'"),
+        (["--dataset", "missing.txt"], "split file missing.txt does not exist"),
         (["--out", "grid.jpg"], "--out must name a .png file"),
         (["--memory-limit", "0"], "--memory-limit must be a positive number of GB"),
         (
@@ -114,6 +114,7 @@ def test_errors_are_one_line(
     root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     base = ["data", "episodes", "--data-root", str(root), "--out", str(tmp_path / "g.png")]
+    base += ["--dataset", "background", "--queries", "5"]
     code, _, err = run_cli(base + args, capsys)
     assert code == 2
     assert message in err
@@ -171,6 +172,7 @@ def test_memory_limit_can_be_raised(
 ) -> None:
     out_file = tmp_path / "grid.png"
     args = ["data", "episodes", "--data-root", str(root), "--out", str(out_file)]
+    args += ["--dataset", "background", "--queries", "5"]
     code, _, err = run_cli([*args, "--episodes", "40", "--memory-limit", "0.1"], capsys)
     assert code == 2 and "--episodes 20 fits" in err and not out_file.exists()
     code, _, err = run_cli([*args, "--episodes", "40", "--memory-limit", "0.5"], capsys)
@@ -208,10 +210,10 @@ def test_a_truncated_archive_of_another_set_does_not_block_commands(
     assert err.startswith("warning: evaluation: ") and "images_evaluation.zip" in err
     grid = tmp_path / "g.png"
     args = ["data", "episodes", "--data-root", str(root), "--out", str(grid)]
-    code, out, err = run_cli([*args, "--set", "background:train"], capsys)
+    code, out, err = run_cli([*args, "--dataset", "background:train"], capsys)
     assert code == 0, err
     assert grid.is_file() and err == ""
-    code, _, err = run_cli([*args, "--set", "evaluation"], capsys)
+    code, _, err = run_cli([*args, "--dataset", "evaluation"], capsys)
     assert code == 2
     assert err.startswith("error: ") and "images_evaluation.zip is not a readable zip" in err
 
@@ -241,11 +243,11 @@ def test_a_partly_extracted_folder_does_not_shadow_the_real_zip(
     assert background["path"] == str(archive)
     grid = tmp_path / "g.png"
     args = ["data", "episodes", "--data-root", str(root), "--out", str(grid)]
-    code, _, err = run_cli([*args, "--set", "background:train"], capsys)
+    code, _, err = run_cli([*args, "--dataset", "background:train"], capsys)
     assert code == 0, err
     # Without the zip the folder is read, with a warning that gives the official counts.
     archive.unlink()
-    code, _, err = run_cli([*args, "--set", "background", "--ways", "3"], capsys)
+    code, _, err = run_cli([*args, "--dataset", "background", "--ways", "3"], capsys)
     assert code == 0
     assert err.startswith("warning: ") and "holds 1 alphabets, 26 characters and 520 images" in err
     assert "the official background set has 30, 964 and 19,280" in err

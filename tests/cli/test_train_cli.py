@@ -162,8 +162,10 @@ def test_non_utf8_out(
     )
     assert not os.path.exists(os.fsencode(out))
     # Commands that can write there do, and say where with the bytes escaped.
-    args = ["data", "episodes", "--set", "background", "--data-root", str(data_root)]
-    code, printed, _ = run_cli([*args, "--ways", "3", "--out", f"{out}.png"], capsys)
+    args = ["data", "episodes", "--dataset", "background", "--data-root", str(data_root)]
+    code, printed, _ = run_cli(
+        [*args, "--ways", "3", "--queries", "2", "--out", f"{out}.png"], capsys
+    )
     assert code == 0 and printed.endswith(f"to {tmp_path}/r\\xff.png\n")
 
 
@@ -234,3 +236,15 @@ def test_second_training_into_the_same_out_is_refused(
     code, _, _ = run_cli(train_args(config, run, data_root), capsys)
     assert code == 0
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [1, 2, 3, 4]
+
+
+def test_resuming_a_finished_run_says_so(
+    tmp_path: Path, config: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert run_cli(train_args(config, run, data_root), capsys)[0] == 0
+    # The README's resume example: the run's own config, --resume.
+    code, out, err = run_cli(train_args(run / "config.yaml", run, data_root, "--resume"), capsys)
+    assert code == 0, err
+    assert "has trained all 4 steps already; nothing to resume" in out
+    assert load_checkpoint(run / "last.json").step == 4

@@ -96,7 +96,7 @@ def test_train_resume_and_evaluate_a_colour_run(
         assert torch.equal(value, resumed.model_state[key]), key
 
     # Evaluate needs no option about channels or normalisation.
-    evaluate = ["evaluate", "--run", str(full), *data, "--set", "colours", "--ways", "3"]
+    evaluate = ["evaluate", "--run", str(full), *data, "--dataset", "colours", "--ways", "3"]
     evaluate += ["--shots", "1", "--queries", "2", "--episodes", "6", "--json"]
     code, out, err = run_cli(evaluate, capsys)
     assert code == 0, err
@@ -112,7 +112,8 @@ def test_colour_episode_pictures(
     colour_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "grid.png"
-    args = ["data", "episodes", "--data-root", str(colour_root), "--set", "colours"]
+    args = ["data", "episodes", "--data-root", str(colour_root), "--dataset", "colours"]
+    args += ["--queries", "5"]
     code, _, err = run_cli([*args, "--ways", "3", "--image-size", "16", "--out", str(out)], capsys)
     assert code == 0, err
     with Image.open(out) as picture:
@@ -131,7 +132,7 @@ def test_evaluate_refuses_images_of_another_shape(
     data = ["--data-root", str(root)]
     run = tmp_path / "run"
     assert run_cli(["train", "--config", str(config), "--out", str(run), *data], capsys)[0] == 0
-    evaluate = ["evaluate", "--run", str(run), *data, "--set", "background", "--ways", "3"]
+    evaluate = ["evaluate", "--run", str(run), *data, "--dataset", "background", "--ways", "3"]
     code, _, err = run_cli([*evaluate, "--queries", "2", "--episodes", "2"], capsys)
     assert code == 2
     assert "1x16x16, but the model was trained on 3x16x16 images" in err

@@ -49,7 +49,7 @@ def test_evaluate_episodes_json(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, run = trained
-    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--set", "evaluation"]
+    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--dataset", "evaluation"]
     args += ["--ways", "4", "--shots", "1", "--queries", "2", "--episodes", "10", "--json"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
@@ -71,7 +71,7 @@ def test_evaluate_within_alphabet_and_checkpoint_choice(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, run = trained
-    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--set", "background"]
+    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--dataset", "background"]
     args += ["--ways", "5", "--episodes", "4", "--queries", "1", "--within-alphabet"]
     code, out, err = run_cli([*args, "--checkpoint", "last"], capsys)
     assert code == 0, err
@@ -145,7 +145,7 @@ def test_empty_or_negative_requests_are_errors(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str], option: str, value: str
 ) -> None:
     root, run = trained
-    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--set", "evaluation"]
+    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--dataset", "evaluation"]
     code, out, err = run_cli(
         [*args, "--ways", "3", "--queries", "2", option, value, "--json"], capsys
     )
@@ -171,7 +171,7 @@ def test_json_is_strict_and_names_the_checkpoint(
     trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, run = trained
-    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--set", "evaluation"]
+    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--dataset", "evaluation"]
     args += ["--ways", "3", "--queries", "2", "--episodes", "3"]
     code, out, err = run_cli([*args, "--json"], capsys)
     assert code == 0, err
@@ -194,11 +194,11 @@ def test_evaluating_on_trained_classes_warns(
     root, run = trained  # trained on "background"
     base = ["evaluate", "--run", str(run), "--data-root", str(root), "--ways", "3"]
     base += ["--queries", "2", "--episodes", "2"]
-    code, out, err = run_cli([*base, "--set", "background"], capsys)
+    code, out, err = run_cli([*base, "--dataset", "background"], capsys)
     assert code == 0 and "accuracy" in out
     assert err.startswith("warning: background shares 11 of its 11 classes with the training set")
     assert "'background' (e.g. Alpha/character01)" in err
-    code, _, err = run_cli([*base, "--set", "evaluation"], capsys)
+    code, _, err = run_cli([*base, "--dataset", "evaluation"], capsys)
     assert code == 0 and err == ""
 
 
@@ -219,7 +219,7 @@ def test_checkpoint_that_does_not_match_its_config(
     config = yaml.safe_load((edited / "config.yaml").read_text())
     config["model"]["options"]["hidden"] = 16
     (edited / "config.yaml").write_text(yaml.safe_dump(config))
-    args = ["evaluate", "--run", str(edited), "--data-root", str(root), "--set", "evaluation"]
+    args = ["evaluate", "--run", str(edited), "--data-root", str(root), "--dataset", "evaluation"]
     code, _, err = run_cli([*args, "--ways", "3", "--queries", "2", "--episodes", "2"], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(

@@ -27,10 +27,17 @@ from metarch.utils.io import describe_os_error, describe_unicode_error
 
 __all__ = ["app", "main"]
 
+DESCRIPTION = (
+    "Few-shot episodic data, meta-learners and a meta-training engine: the groundwork "
+    "of meta-learned architecture design."
+)
+
 app = typer.Typer(
     name="metarch",
-    help="Meta-learned architecture design: few-shot data, meta-learners and meta-NAS.",
+    help=DESCRIPTION,
     no_args_is_help=True,
+    # Plain help: typer's rich panels print flags as if they took a value (--json <bool>).
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -62,7 +69,8 @@ def root(
         False, "--debug", help="Show tracebacks for errors (also accepted after a subcommand)."
     ),
 ) -> None:
-    """Meta-learned architecture design: few-shot data, meta-learners and meta-NAS."""
+    # --version is handled by its callback, --debug by main(); the help is DESCRIPTION.
+    del version, debug
 
 
 class _StderrWarnings(logging.Handler):

@@ -14,16 +14,24 @@ from metarch.engine.keys import ConfigKey, config_keys
 
 __all__ = ["app"]
 
-app = typer.Typer(help="What a training config may set.", no_args_is_help=True)
+app = typer.Typer(
+    help="What a training config may set.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("keys")
 def keys(
     methods: list[str] = typer.Option(
-        [], "--method", help="Only this meta-learner's options (repeatable; default: all)."
+        [],
+        "--method",
+        metavar="NAME",
+        help="Only this meta-learner's options (repeatable; default: all).",
     ),
     models: list[str] = typer.Option(
-        [], "--model", help="Only this backbone's options (repeatable; default: all)."
+        [],
+        "--model",
+        metavar="NAME",
+        help="Only this backbone's options (repeatable; default: all).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:

@@ -9,12 +9,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.cli.options import (
+    DATA_ROOT_OPTION,
+    LEGACY_SET_OPTION,
+    LEGACY_SETS_OPTION,
+    data_root_from,
+    pick_dataset,
+    pick_datasets,
+)
 from metarch.cli.progress import show_progress
-from metarch.data.download import ARCHIVES, download_omniglot
+from metarch.data.download import ARCHIVES, check_download_root, download_omniglot
 from metarch.data.episodes import EpisodeSampler
 from metarch.data.formats import discover_datasets, load_image_set, unrecognised_archives
-from metarch.data.pools import ClassPool, alphabet_split
+from metarch.data.paths import download_root
+from metarch.data.pools import NAMED_SPLITS, ClassPool, alphabet_split
 from metarch.data.resolve import load_pool
 from metarch.errors import DataError
 from metarch.reports.episodes import episode_grid_bytes, save_episode_grid
@@ -23,9 +31,24 @@ from metarch.utils.io import display_path
 __all__ = ["app"]
 
 _DOWNLOAD_HELP = f"What to fetch (repeatable): {', '.join(ARCHIVES)}."
+_DOWNLOAD_DEFAULT = ("background", "evaluation", "lake_runs")
+# Shared with 'metarch evaluate', whose options mean the same (tests check they agree).
+DEFAULT_EPISODE_SET = "background:test"
+DEFAULT_WAYS = 5
+DEFAULT_SHOTS = 1
+DEFAULT_QUERIES = 15
+DEFAULT_SEED = 0
+# The published split of the background set (NAMED_SPLITS): the defaults of
+# `metarch data split`, with its minimum alphabet sizes given.
+_PUBLISHED = NAMED_SPLITS["background"]
+_PUBLISHED_PARTS = tuple(f"{part}={size}" for part, size in _PUBLISHED.sizes.items())
 _GB = 1e9
 
-app = typer.Typer(help="Inspect, download, split and draw few-shot data.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect, download, split and draw few-shot data.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 @app.command("info")
@@ -67,16 +90,24 @@ def info(
 
 @app.command("episodes")
 def episodes(
-    set_name: str = typer.Option(
-        "background", "--set", help="Set name, SET:PART of a named split, or a split file."
+    dataset: str = typer.Option(
+        DEFAULT_EPISODE_SET,
+        "--dataset",
+        metavar="NAME",
+        help="Set name, SET:PART of a named split, or a split file.",
     ),
+    legacy_set: str | None = LEGACY_SET_OPTION,
     out: Path = typer.Option(Path("episodes.png"), "--out", help="PNG file to write."),
     data_root: Path | None = DATA_ROOT_OPTION,
-    ways: int = typer.Option(5, "--ways", help="Classes per episode (N)."),
-    shots: int = typer.Option(1, "--shots", help="Support images per class (K)."),
-    queries: int = typer.Option(5, "--queries", help="Query images per class (Q)."),
-    count: int = typer.Option(3, "--episodes", help="Episodes to draw."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the episode stream."),
+    ways: int = typer.Option(DEFAULT_WAYS, "--ways", help="Classes per episode (N)."),
+    shots: int = typer.Option(DEFAULT_SHOTS, "--shots", help="Support images per class (K)."),
+    queries: int = typer.Option(DEFAULT_QUERIES, "--queries", help="Query images per class (Q)."),
+    count: int = typer.Option(
+        3,
+        "--episodes",
+        help="Episodes to draw (a picture; 'metarch evaluate' scores 1000 by default).",
+    ),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Seed of the episode stream."),
     within_alphabet: bool = typer.Option(
         False, "--within-alphabet", help="Draw all classes of an episode from one alphabet."
     ),
@@ -92,6 +123,7 @@ def episodes(
     ),
 ) -> None:
     """Draw sample episodes from a class pool into a PNG."""
+    set_name = pick_dataset(dataset, legacy_set, DEFAULT_EPISODE_SET)
     if out.suffix.lower() != ".png":
         raise DataError(f"--out must name a .png file, got {out}")
     if count < 1:
@@ -114,16 +146,23 @@ def episodes(
 
 @app.command("download")
 def download(
-    data_root: Path | None = DATA_ROOT_OPTION,
-    sets: list[str] = typer.Option(
-        ["background", "evaluation", "lake_runs"],
-        "--set",
-        help=_DOWNLOAD_HELP,
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Folder to download into (default: $METARCH_DATA, else ~/.local/share/metarch; "
+        "never a folder found by fallback such as ../shared/data).",
+        show_default=False,
     ),
+    sets: list[str] = typer.Option(
+        list(_DOWNLOAD_DEFAULT), "--dataset", metavar="NAME", help=_DOWNLOAD_HELP
+    ),
+    legacy_sets: list[str] = LEGACY_SETS_OPTION,
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per connection attempt."),
 ) -> None:
     """Download the official Omniglot archives (and Lake's runs) into DATA_ROOT/omniglot."""
-    root = data_root_from(data_root)
+    sets = pick_datasets(sets, legacy_sets, list(_DOWNLOAD_DEFAULT))
+    root = download_root(data_root)
+    check_download_root(root, sets)
     with show_progress():
         paths = download_omniglot(root, sets, timeout=timeout)
     for path in paths:
@@ -132,30 +171,47 @@ def download(
 
 @app.command("split")
 def split(
-    set_name: str = typer.Option("background", "--set", help="Set whose alphabets are split."),
+    dataset: str = typer.Option(
+        _PUBLISHED.set_name, "--dataset", metavar="NAME", help="Set whose alphabets are split."
+    ),
+    legacy_set: str | None = LEGACY_SET_OPTION,
     parts: list[str] = typer.Option(
-        ["train=-1", "val=5", "test=5"],
+        list(_PUBLISHED_PARTS),
         "--part",
+        metavar="PART=N",
         help="PART=ALPHABETS (repeatable); -1 takes the alphabets the others leave.",
     ),
     min_classes: list[str] = typer.Option(
-        [], "--min-classes", help="PART=N: alphabets of PART need at least N characters."
+        [],
+        "--min-classes",
+        metavar="PART=N",
+        help="PART=N: alphabets of PART need at least N characters (repeatable).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Shuffle seed."),
+    seed: int = typer.Option(_PUBLISHED.seed, "--seed", help="Shuffle seed."),
     out: Path = typer.Option(Path("splits"), "--out", help="Folder for SET-PART.txt files."),
     data_root: Path | None = DATA_ROOT_OPTION,
 ) -> None:
-    """Write an alphabet-disjoint split of a set as split files (deterministic from the seed)."""
+    """Write an alphabet-disjoint split of a set as split files (deterministic from the seed).
+
+    The published split of the background set (background:train, :val and :test) is
+    these defaults with --min-classes val=20 --min-classes test=20 (20-way within-alphabet
+    episodes need alphabets of 20 characters).
+    """
+    set_name = pick_dataset(dataset, legacy_set, _PUBLISHED.set_name)
     sizes = _key_values(parts, "--part")
     with show_progress():
-        dataset = load_image_set(set_name, data_root_from(data_root), image_size=28)
+        images = load_image_set(set_name, data_root_from(data_root), image_size=28)
     split_parts = alphabet_split(
-        dataset, sizes, seed=seed, min_classes=_key_values(min_classes, "--min-classes")
+        images, sizes, seed=seed, min_classes=_key_values(min_classes, "--min-classes")
     )
     for part, alphabets in split_parts.items():
         path = out / f"{set_name}-{part}.txt"
-        ClassPool.from_groups(dataset, alphabets).write_split_file(path)
+        ClassPool.from_groups(images, alphabets).write_split_file(path)
         typer.echo(f"{display_path(path)}: {len(alphabets)} alphabets")
+    published = NAMED_SPLITS.get(set_name)
+    if published is not None and published.unit == "groups" and published.parts == split_parts:
+        names = ", ".join(f"{set_name}:{part}" for part in split_parts)
+        typer.echo(f"this is the published split ({names})")
 
 
 def _check_memory(

@@ -9,7 +9,14 @@ from typing import Any
 
 import typer
 
-from metarch.cli.options import DATA_ROOT_OPTION, data_root_from
+from metarch.cli.data import (
+    DEFAULT_EPISODE_SET,
+    DEFAULT_QUERIES,
+    DEFAULT_SEED,
+    DEFAULT_SHOTS,
+    DEFAULT_WAYS,
+)
+from metarch.cli.options import DATA_ROOT_OPTION, LEGACY_SET_OPTION, data_root_from, pick_dataset
 from metarch.cli.progress import show_progress
 from metarch.engine.evaluate import evaluate_episodes, evaluate_lake, load_trained_learner
 from metarch.errors import ConfigError
@@ -28,20 +35,37 @@ def _json(data: dict[str, Any]) -> str:
 
 def evaluate(
     run: Path = typer.Option(..., "--run", help="Run directory written by 'metarch train'."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a sidecar path."),
+    checkpoint: str = typer.Option(
+        "best",
+        "--checkpoint",
+        help="best, last, or a checkpoint's .json sidecar (a run without validation has "
+        "only last, used then).",
+    ),
     data_root: Path | None = DATA_ROOT_OPTION,
     protocol: str = typer.Option(
         "episodes", "--protocol", help="'episodes' or 'lake-runs' (Lake's 20 one-shot runs)."
     ),
-    set_name: str = typer.Option(
-        "background:test", "--set", help="Set name, SET:PART, or a split file."
+    dataset: str = typer.Option(
+        DEFAULT_EPISODE_SET,
+        "--dataset",
+        metavar="NAME",
+        help="Set name, SET:PART of a named split, or a split file (--protocol episodes).",
     ),
-    ways: int = typer.Option(5, "--ways"),
-    shots: int = typer.Option(1, "--shots"),
-    queries: int = typer.Option(15, "--queries"),
-    episodes: int = typer.Option(1000, "--episodes"),
-    within_alphabet: bool = typer.Option(False, "--within-alphabet"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the evaluation episodes."),
+    legacy_set: str | None = LEGACY_SET_OPTION,
+    ways: int = typer.Option(DEFAULT_WAYS, "--ways", help="Classes per episode (N)."),
+    shots: int = typer.Option(DEFAULT_SHOTS, "--shots", help="Support images per class (K)."),
+    queries: int = typer.Option(
+        DEFAULT_QUERIES, "--queries", help="Query images per class (Q), scored."
+    ),
+    episodes: int = typer.Option(
+        1000, "--episodes", help="Episodes to score (the 95% interval narrows with more)."
+    ),
+    within_alphabet: bool = typer.Option(
+        False, "--within-alphabet", help="Draw all classes of an episode from one alphabet."
+    ),
+    seed: int = typer.Option(
+        DEFAULT_SEED, "--seed", help="Seed of the episode stream (same seed: same episodes)."
+    ),
     tta: int = typer.Option(
         0,
         "--tta",
@@ -57,6 +81,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Mean accuracy with a 95% confidence interval, or Lake's one-shot error."""
+    set_name = pick_dataset(dataset, legacy_set, DEFAULT_EPISODE_SET)
     if protocol not in ("episodes", "lake-runs"):
         raise ConfigError(f"--protocol must be 'episodes' or 'lake-runs', got {protocol!r}")
     for option, value in (

@@ -46,6 +46,14 @@ def _train_process(
             trainer = Trainer(
                 config, out, resume=resume, data_root=data_root, config_file=config_file
             )
+        if trainer.start_step >= config.steps:
+            trainer.close()
+            if group.is_main:
+                print(
+                    f"{display_path(out)} has trained all {config.steps} steps already; nothing "
+                    "to resume (to train on, raise steps in its config.yaml and resume again)"
+                )
+            return
         console = Console(stderr=True)
         columns = [
             TextColumn("[bold]train"),
@@ -98,10 +106,18 @@ def train(
         None, "--config", help="YAML config (default: built-in defaults)."
     ),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Override a config key: KEY.PATH=VALUE (repeatable)."
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config key: KEY.PATH=VALUE (repeatable).",
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its last checkpoint; give the run's settings "
+        "(--config OUT/config.yaml, or the same config and --set as it was started with).",
+    ),
     nproc: int = typer.Option(
         1, "--nproc", help="Training processes on this machine (torch.distributed)."
     ),

@@ -7,17 +7,27 @@ connection fails within seconds and the error names every file to place by hand 
 
 from __future__ import annotations
 
+import os
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from metarch.data.paths import default_download_root
 from metarch.errors import DataError, DownloadError
 from metarch.utils.io import atomic_write, sha256_file
 from metarch.utils.progress import report_progress
 
-__all__ = ["ARCHIVES", "Archive", "download_archive", "download_omniglot"]
+__all__ = [
+    "ARCHIVES",
+    "Archive",
+    "check_download_root",
+    "download_advice",
+    "download_archive",
+    "download_omniglot",
+]
 
 _BASE = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 
@@ -61,6 +71,59 @@ ARCHIVES: dict[str, Archive] = {
 def _placement_help(names: Iterable[str], folder: Path) -> str:
     files = ", ".join(ARCHIVES[n].file_name for n in names)
     return f"place {files} in {folder} by hand (from {_BASE}), or pass --data-root DIR"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder``, or the nearest folder above it that exists, may be written to.
+
+    A folder nobody has write permission on counts as read-only even for root, who could
+    write it anyway: it was made read-only on purpose (a shared data folder).
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return False
+    no_write_bits = not existing.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    return os.access(existing, os.W_OK | os.X_OK) and not no_write_bits
+
+
+def check_download_root(data_root: Path, sets: Iterable[str]) -> None:
+    """Refuse a download into a read-only data root before anything is fetched.
+
+    Nothing is checked when every archive asked for is already there (nothing to write).
+
+    Raises:
+        DataError: For an unknown set name.
+        DownloadError: If an archive is missing and ``data_root/omniglot`` cannot be written.
+    """
+    names = _known(sets)
+    folder = data_root / "omniglot"
+    if all((folder / ARCHIVES[n].file_name).exists() for n in names) or _writable(folder):
+        return
+    raise DownloadError(
+        f"{folder} is read-only (a shared data folder?): metarch does not download into it; "
+        "pass --data-root DIR with a folder you can write to, or leave --data-root and "
+        f"METARCH_DATA unset to download into {default_download_root()}"
+    )
+
+
+def download_advice(data_root: Path) -> str:
+    """The download command for a set missing from ``data_root`` (another if read-only)."""
+    if _writable(data_root / "omniglot"):
+        return f"'metarch data download --data-root {data_root}'"
+    return (
+        f"{data_root} is read-only, so 'metarch data download --data-root DIR' with a folder "
+        "you can write to, then pass --data-root DIR"
+    )
+
+
+def _known(sets: Iterable[str]) -> list[str]:
+    names = list(sets)
+    unknown = [n for n in names if n not in ARCHIVES]
+    if unknown:
+        raise DataError(f"cannot download {unknown}; known: {', '.join(ARCHIVES)}")
+    return names
 
 
 def download_archive(
@@ -128,12 +191,11 @@ def download_omniglot(
 
     Raises:
         DataError: For an unknown set name.
-        DownloadError: When offline, naming every file to place by hand and where.
+        DownloadError: When offline, naming every file to place by hand and where, or
+            when ``data_root`` is read-only.
     """
-    names = list(sets)
-    unknown = [n for n in names if n not in ARCHIVES]
-    if unknown:
-        raise DataError(f"cannot download {unknown}; known: {', '.join(ARCHIVES)}")
+    names = _known(sets)
+    check_download_root(data_root, names)
     folder = data_root / "omniglot"
     paths = []
     for position, name in enumerate(names):

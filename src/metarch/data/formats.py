@@ -3,7 +3,7 @@
 A format knows how to *discover* its data sets below a data root (cheaply: from file
 listings, without decoding images) and how to *load* one of them as an
 :class:`~metarch.data.base.ImageClassDataset`. ``metarch data info`` lists what every
-registered format discovers; ``--set NAME`` anywhere in the CLI loads the named set.
+registered format discovers; ``--dataset NAME`` anywhere in the CLI loads the named set.
 
 To add a format: subclass :class:`DataFormat` in its own module under ``metarch/data`` and
 decorate it with ``@DATA_FORMATS.register("name")``; import the module in
@@ -38,7 +38,7 @@ class DatasetSummary:
     """What ``metarch data info`` reports for one data set found below a data root.
 
     Attributes:
-        name: Set name used by ``--set`` (``background``, ``lake_runs``, a folder name, ...).
+        name: Set name used by ``--dataset`` (``background``, ``lake_runs``, a folder name, ...).
         format: Registered format name.
         path: Archive or folder it was found at.
         alphabets: Number of alphabets (Omniglot-like sets), else ``None``.

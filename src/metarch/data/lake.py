@@ -238,11 +238,13 @@ def load_lake_runs(
     root = resolve_data_root(data_root)
     source = find_lake_runs_source(root)
     if source is None:
+        from metarch.data.download import download_advice
+
         raise DataError(
             f"Lake's one-shot runs not found: place {LAKE_RUNS_ARCHIVE} (from "
             f"github.com/brendenlake/omniglot, or the extracted {LAKE_RUNS_FOLDER}/ folder) in "
-            f"{root / 'omniglot'} or {root}, pass --data-root, set METARCH_DATA, or run "
-            f"'metarch data download --data-root {root}'"
+            f"{root / 'omniglot'} or {root}, pass --data-root, set METARCH_DATA, or download them: "
+            f"{download_advice(root)}"
         )
     return load_lake_runs_source(source, image_size=image_size)
 

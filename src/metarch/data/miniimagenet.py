@@ -13,7 +13,7 @@ class in two splits (a train/test leak) are errors that name the file and line.
 Naming: :meth:`MiniImageNetFormat.discover` reports one summary per folder (named after the
 folder, with per-split counts in ``details``), because the three splits are one data set:
 listing them as three sets would count every folder three times in ``metarch data info``.
-Loading that set by name (``--set <folder>``) gives the *train* split, the pool that
+Loading that set by name (``--dataset <folder>``) gives the *train* split, the pool that
 meta-training draws from. The other splits are addressed as ``<folder>:val`` and
 ``<folder>:test`` (``<folder>:train`` also works) through :func:`load_mini_imagenet_split`,
 or directly with :func:`load_mini_imagenet`. Class ids are global across splits (train

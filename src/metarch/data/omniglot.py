@@ -329,10 +329,12 @@ def load_omniglot(
         download_omniglot(root, [set_name])
         source = find_omniglot_source(set_name, root)
     if source is None:
+        from metarch.data.download import download_advice
+
         raise DataError(
             f"Omniglot set {set_name!r} not found: place {info.archive} (or the extracted "
             f"{info.folder}/ folder) in {root / 'omniglot'} or {root}, pass --data-root, set "
-            f"METARCH_DATA, or run 'metarch data download --data-root {root}'"
+            f"METARCH_DATA, or download it: {download_advice(root)}"
         )
 
     return load_omniglot_source(set_name, source, image_size=image_size, cache_dir=cache_dir)

@@ -3,8 +3,9 @@
 The data root is, in order: an explicit ``--data-root``, the ``METARCH_DATA`` environment
 variable, the first existing folder of :data:`DEVELOPMENT_DATA_ROOTS` (a checkout's ``data``
 folder, or a ``shared/data`` folder next to it), and finally ``~/.local/share/metarch``
-(where ``metarch data download`` puts archives). The cache of decoded arrays is
-``METARCH_CACHE`` or ``~/.cache/metarch``.
+(where ``metarch data download`` puts archives). Downloads never go to a folder found by
+that fallback (often a shared, read-only one): see :func:`download_root`. The cache of
+decoded arrays is ``METARCH_CACHE`` or ``~/.cache/metarch``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "cache_root",
     "candidate_dirs",
     "default_download_root",
+    "download_root",
     "resolve_data_root",
 ]
 
@@ -40,6 +42,20 @@ def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
         path = Path(candidate)
         if path.is_dir():
             return path
+    return default_download_root()
+
+
+def download_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The data root downloads go to: one the user chose, else :func:`default_download_root`.
+
+    A root chosen is ``explicit`` (``--data-root``) or ``METARCH_DATA``; the development
+    folders :func:`resolve_data_root` falls back to are read from, never written to.
+    """
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get("METARCH_DATA")
+    if env:
+        return Path(env).expanduser()
     return default_download_root()
 
 

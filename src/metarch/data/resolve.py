@@ -1,4 +1,4 @@
-"""Turn a ``--set`` value into a class pool.
+"""Turn a ``--dataset`` value into a class pool.
 
 Accepted forms, tried in this order:
 
@@ -50,7 +50,7 @@ def load_pool(
     rotations: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ClassPool:
-    """Load the class pool a ``--set`` value names (see the module docstring).
+    """Load the class pool a ``--dataset`` value names (see the module docstring).
 
     Args:
         spec: Split file path, ``SET:PART`` or set name.

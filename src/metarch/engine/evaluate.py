@@ -203,7 +203,7 @@ def check_state_fits(
 
 
 def _set_names(spec: str) -> set[str]:
-    """Data sets a ``--set`` value may draw classes from, judged from the value alone.
+    """Data sets a ``--dataset`` value may draw classes from, judged from the value alone.
 
     Omniglot sets that share classes count as one another.
     """
@@ -218,9 +218,9 @@ def _set_names(spec: str) -> set[str]:
 def trained_classes_in(
     pool: ClassPool, pool_spec: str, train_set: str, data_root: Path, *, image_size: int
 ) -> list[str]:
-    """Classes of ``pool`` that the training pool ``train_set`` (a ``--set`` value) also holds.
+    """Classes of ``pool`` that the training pool ``train_set`` (a ``--dataset`` value) also holds.
 
-    ``pool_spec`` is the ``--set`` value ``pool`` was loaded from. Rotations aside: a class
+    ``pool_spec`` is the ``--dataset`` value ``pool`` was loaded from. Rotations aside: a class
     counts as trained if any rotation of it was. The training pool is only loaded when the
     two values can share a data set at all; if it cannot be loaded from ``data_root`` the
     answer is ``[]``.
@@ -286,7 +286,7 @@ def evaluate_episodes(
     if inputs is not None:
         if pool.dataset.image_shape != inputs.shape:
             raise ConfigError(
-                f"--set {pool_spec}: its images are {_shape(pool.dataset.image_shape)}, but "
+                f"--dataset {pool_spec}: its images are {_shape(pool.dataset.image_shape)}, but "
                 f"the model was trained on {_shape(inputs.shape)} images"
             )
         normalization = inputs.normalization
