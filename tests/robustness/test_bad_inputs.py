@@ -74,7 +74,7 @@ def evaluate(p: Paths, *more: str) -> list[str]:
         str(p.run),
         "--data-root",
         str(p.data),
-        "--set",
+        "--dataset",
         "background",
         *more,
     ]
@@ -233,6 +233,8 @@ CASES = [
             "episodes",
             "--data-root",
             str(p.data),
+            "--dataset",
+            "background",
             "--ways",
             "3",
             "--episodes",
