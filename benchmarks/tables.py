@@ -288,12 +288,21 @@ def omniglot_table(report: Table) -> list[str]:
         "|---|---|---:|---:|---:|",
     ]
     notes: list[str] = []
-    previous: tuple[str, bool] | None = None
+    # Earlier runs of one config are told apart by their notes (one group each).
+    earlier: dict[str, list[str]] = {}
+    for row in rows:
+        if "note" in row and row["note"] not in earlier.setdefault(row["config"], []):
+            earlier[row["config"]].append(row["note"])
+    previous: tuple[str, str | None] | None = None
     for _, row in sorted(enumerate(rows), key=key):
-        group = (row["config"], "note" in row)
+        group = (row["config"], row.get("note"))
         new_group = group != previous
         previous = group
-        config = row["config"] if "note" not in row else f"{row['config']}, earlier run"
+        config = row["config"]
+        if "note" in row:
+            runs = earlier[config]
+            number = f" {runs.index(row['note']) + 1}" if len(runs) > 1 else ""
+            config = f"{config}, earlier run{number}"
         if "note" in row and new_group:
             notes.append(f"* {config}: {row['note']}.")
         if "error" in row:

@@ -127,7 +127,10 @@ class Reptile(MetaLearner):
         query_chunk: Task-batched: tasks whose query passes (the reported metrics) run
             together.
         task_threads: Task-batched: shards of tasks run by threads of their own (``None``:
-            ``torch.get_num_threads()``).
+            ``torch.get_num_threads()``). Default 1: Reptile's first-order passes on a
+            small meta-batch (5 tasks in the papers' settings) run faster as one group with
+            every intra-op thread (measured: 0.19 s against 0.21-0.23 s per Omniglot
+            meta-iteration with two shards on 2 cores) than split unevenly into shards.
     """
 
     def __init__(
@@ -148,7 +151,7 @@ class Reptile(MetaLearner):
         batching: Batching = "auto",
         support_group: PositiveInt = 8,
         query_chunk: PositiveInt = 1,
-        task_threads: PositiveInt | None = None,
+        task_threads: PositiveInt | None = 1,
     ) -> None:
         super().__init__()
         _check_choice("inner_optimizer", inner_optimizer, ("adam", "sgd"))
