@@ -1,0 +1,20 @@
+"""Search spaces by name (``create_space("nasbench201", channels=8)``)."""
+
+from metarch.nas.spaces.base import (
+    SEARCH_SPACES,
+    ArchitectureCost,
+    ArchitectureError,
+    SearchSpace,
+    create_space,
+)
+from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
+
+__all__ = [
+    "SEARCH_SPACES",
+    "ArchitectureCost",
+    "ArchitectureError",
+    "NASBench201Network",
+    "NASBench201Space",
+    "SearchSpace",
+    "create_space",
+]

@@ -1,0 +1,112 @@
+"""The interface every search space implements, and the registry that finds them by name.
+
+An architecture is a value of the space's own immutable type (hashable, comparable), with
+one canonical string (:meth:`SearchSpace.encode`, the key of latency tables and results
+files) and a JSON form. A space samples architectures from a seeded generator, enumerates
+them when it is finite, and builds the discrete network of one as an image backbone
+(``(N, C, H, W) -> (N, D)`` features) or, with ``num_classes``, a classifier.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from torch import nn
+
+from metarch.errors import MetarchError
+from metarch.models.cost import count_parameters, flops_per_image
+from metarch.registry import Registry
+
+__all__ = ["SEARCH_SPACES", "ArchitectureCost", "ArchitectureError", "SearchSpace", "create_space"]
+
+A = TypeVar("A")
+
+
+class ArchitectureError(MetarchError, ValueError):
+    """A string or JSON value that is not an architecture of the space."""
+
+
+@dataclass(frozen=True)
+class ArchitectureCost:
+    """What one architecture's network costs, independent of any device.
+
+    Attributes:
+        parameters: Trainable parameters.
+        flops: Floating-point operations per image (2 per multiply-add).
+        input_shape: ``(C, H, W)`` the FLOPs were counted at.
+    """
+
+    parameters: int
+    flops: int
+    input_shape: tuple[int, int, int]
+
+
+class SearchSpace(ABC, Generic[A]):
+    """A set of architectures and how to build each one's network."""
+
+    #: The name it is registered under in :data:`SEARCH_SPACES` (stamped by the registry).
+    registered_name: ClassVar[str] = ""
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> A:
+        """One architecture drawn uniformly (or by the space's own prior) from ``rng``."""
+
+    @abstractmethod
+    def encode(self, architecture: A) -> str:
+        """The canonical string of ``architecture``."""
+
+    @abstractmethod
+    def decode(self, text: str) -> A:
+        """The architecture of a canonical string.
+
+        Raises:
+            ArchitectureError: Saying what in ``text`` is wrong.
+        """
+
+    def to_json(self, architecture: A) -> Any:
+        """A JSON value for ``architecture`` (default: its canonical string)."""
+        return self.encode(architecture)
+
+    def from_json(self, value: Any) -> A:
+        """The architecture of a JSON value from :meth:`to_json`."""
+        if not isinstance(value, str):
+            raise ArchitectureError(f"expected a {self.registered_name} string, got {value!r}")
+        return self.decode(value)
+
+    def size(self) -> int | None:
+        """How many architectures the space holds (``None`` where it is not finite)."""
+        return None
+
+    def enumerate(self) -> Iterator[A]:
+        """Every architecture, in a fixed order (only for finite spaces)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be enumerated")
+
+    @abstractmethod
+    def build(self, architecture: A, *, num_classes: int | None = None) -> nn.Module:
+        """The discrete network: a backbone, or a classifier with ``num_classes`` outputs."""
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the space's networks take."""
+
+    def cost(self, architecture: A, *, num_classes: int | None = None) -> ArchitectureCost:
+        """Parameters and FLOPs per image of ``architecture``'s network."""
+        network = self.build(architecture, num_classes=num_classes)
+        return ArchitectureCost(
+            parameters=count_parameters(network),
+            flops=flops_per_image(network, self.input_shape),
+            input_shape=self.input_shape,
+        )
+
+
+SEARCH_SPACES: Registry[type[SearchSpace[Any]]] = Registry("search space")
+
+
+def create_space(name: str, **options: Any) -> SearchSpace[Any]:
+    """The search space registered as ``name``, built with ``options``."""
+    return SEARCH_SPACES.get(name)(**options)

@@ -1,0 +1,274 @@
+"""The NAS-Bench-201 cell space (Dong and Yang, ICLR 2020).
+
+A cell is a DAG of 4 nodes; each of its 6 edges ``j <- i`` (``i < j``) carries one of 5
+operations, and node ``j`` is the sum of its incoming edges: 5^6 = 15,625 architectures.
+The canonical string lists the edges into nodes 1, 2, 3::
+
+    |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|
+
+The macro network is the benchmark's: a 3x3 stem convolution to ``C`` channels with batch
+norm, then three stages of ``N`` cells at ``C``, ``2C`` and ``4C`` channels joined by
+residual reduction blocks (stride 2), batch norm and ReLU, global average pooling. The
+benchmark's networks are ``C=16, N=5`` on 32x32 images (their real-device latencies are
+in ``../shared/data/hardware/help_nasbench201_latency.csv``, keyed by this string);
+smaller macros (``channels``, ``cells_per_stage``) train faster and keep the cell.
+
+Convolutions are ReLU -> conv -> batch norm, as in the benchmark; batch norm is
+:class:`~metarch.models.norm.MetaBatchNorm2d`, so every meta-learner of ours adapts these
+networks, task-batched too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+from metarch.models.norm import MetaBatchNorm2d
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
+from metarch.registry import PositiveInt
+
+__all__ = ["EDGES", "OPERATIONS", "NASBench201Network", "NASBench201Space", "Cell201"]
+
+#: The 5 candidate operations, in the benchmark's order.
+OPERATIONS: tuple[str, ...] = (
+    "none",
+    "skip_connect",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+    "avg_pool_3x3",
+)
+#: The 6 edges ``(to, from)`` in the order of the canonical string.
+EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+
+#: An architecture: the operation of every edge, in :data:`EDGES` order.
+Architecture201 = tuple[str, str, str, str, str, str]
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, convolution (no bias), batch norm: the benchmark's convolution unit."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int) -> None:
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False),
+            MetaBatchNorm2d(out_channels),
+        )
+
+
+class Zero(nn.Module):
+    """The ``none`` operation: an edge that contributes nothing."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * 0.0
+
+
+def _operation(name: str, channels: int) -> nn.Module:
+    if name == "none":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "nor_conv_1x1":
+        return ReLUConvBN(channels, channels, 1, 1)
+    if name == "nor_conv_3x3":
+        return ReLUConvBN(channels, channels, 3, 1)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise ArchitectureError(f"unknown NAS-Bench-201 operation {name!r}")
+
+
+class Cell201(nn.Module):
+    """One cell: node ``j`` is the sum of the operations on its incoming edges."""
+
+    def __init__(self, architecture: Architecture201, channels: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(_operation(op, channels) for op in architecture)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        nodes = [x]
+        for target in (1, 2, 3):
+            incoming = [
+                edge(nodes[source])
+                for (to, source), edge in zip(EDGES, self.edges, strict=True)
+                if to == target
+            ]
+            total = incoming[0]
+            for term in incoming[1:]:
+                total = total + term
+            nodes.append(total)
+        return nodes[3]
+
+
+class ResidualReduction(nn.Module):
+    """The benchmark's residual reduction block.
+
+    Two ReLU-conv-BN units (the first with stride 2) plus a shortcut of 2x2 average
+    pooling and a 1x1 convolution.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_a = ReLUConvBN(in_channels, out_channels, 3, 2)
+        self.conv_b = ReLUConvBN(out_channels, out_channels, 3, 1)
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, stride=2), nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv_b(self.conv_a(x)) + self.shortcut(x)
+        return out
+
+
+class NASBench201Network(nn.Module):
+    """The macro network of one NAS-Bench-201 architecture: images to ``4C`` features.
+
+    Args:
+        architecture: The operation of every edge (:data:`EDGES` order).
+        channels: ``C``, the first stage's width (16 in the benchmark).
+        cells_per_stage: ``N`` (5 in the benchmark).
+        in_channels: Image channels.
+    """
+
+    def __init__(
+        self,
+        architecture: Architecture201,
+        *,
+        channels: int = 16,
+        cells_per_stage: int = 5,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), MetaBatchNorm2d(channels)
+        )
+        layers: list[nn.Module] = []
+        width = channels
+        for stage in range(3):
+            if stage > 0:
+                layers.append(ResidualReduction(width, width * 2))
+                width *= 2
+            layers.extend(Cell201(architecture, width) for _ in range(cells_per_stage))
+        self.cells = nn.Sequential(*layers)
+        self.last = nn.Sequential(MetaBatchNorm2d(width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.out_features = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``(N, 4C)`` of images ``(N, C_in, H, W)``."""
+        features: Tensor = self.flatten(self.pool(self.last(self.cells(self.stem(x)))))
+        return features
+
+
+class _Classifier(nn.Module):
+    def __init__(self, backbone: NASBench201Network, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.backbone(x))
+        return logits
+
+
+@SEARCH_SPACES.register("nasbench201")
+class NASBench201Space(SearchSpace[Architecture201]):
+    """The NAS-Bench-201 cell space with a macro network of chosen size.
+
+    Args:
+        channels: ``C`` of the macro network (the benchmark: 16).
+        cells_per_stage: ``N`` (the benchmark: 5).
+        in_channels: Image channels.
+        image_size: Side of the square images (the benchmark: 32).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: PositiveInt = 16,
+        cells_per_stage: PositiveInt = 5,
+        in_channels: PositiveInt = 3,
+        image_size: PositiveInt = 32,
+    ) -> None:
+        self.channels = channels
+        self.cells_per_stage = cells_per_stage
+        self.in_channels = in_channels
+        self.image_size = image_size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:  # noqa: D102
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def sample(self, rng: random.Random) -> Architecture201:  # noqa: D102
+        ops = tuple(rng.choice(OPERATIONS) for _ in EDGES)
+        return ops  # type: ignore[return-value]
+
+    def encode(self, architecture: Architecture201) -> str:  # noqa: D102
+        self._check(architecture)
+        nodes = []
+        for target in (1, 2, 3):
+            ops = [
+                f"{op}~{source}"
+                for (to, source), op in zip(EDGES, architecture, strict=True)
+                if to == target
+            ]
+            nodes.append("|" + "|".join(ops) + "|")
+        return "+".join(nodes)
+
+    def decode(self, text: str) -> Architecture201:  # noqa: D102
+        example = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
+        nodes = text.strip().split("+")
+        if len(nodes) != 3:
+            raise ArchitectureError(
+                f"{text!r} is not a NAS-Bench-201 architecture: it needs 3 nodes joined by "
+                f"'+', like {example}"
+            )
+        ops: list[str] = []
+        for target, node in enumerate(nodes, start=1):
+            if not (node.startswith("|") and node.endswith("|")):
+                raise ArchitectureError(f"{text!r}: node {target} must be written |op~i|...|")
+            edges = node[1:-1].split("|")
+            if len(edges) != target:
+                raise ArchitectureError(
+                    f"{text!r}: node {target} needs {target} incoming edge(s), got {len(edges)}"
+                )
+            for source, edge in enumerate(edges):
+                op, _, index = edge.partition("~")
+                if index != str(source):
+                    raise ArchitectureError(
+                        f"{text!r}: edge {edge!r} of node {target} must come from node {source}"
+                    )
+                if op not in OPERATIONS:
+                    raise ArchitectureError(
+                        f"{text!r}: unknown operation {op!r} (operations: {', '.join(OPERATIONS)})"
+                    )
+                ops.append(op)
+        return tuple(ops)  # type: ignore[return-value]
+
+    def size(self) -> int:  # noqa: D102
+        return int(len(OPERATIONS) ** len(EDGES))
+
+    def enumerate(self) -> Iterator[Architecture201]:  # noqa: D102
+        yield from itertools.product(OPERATIONS, repeat=len(EDGES))
+
+    def build(  # noqa: D102
+        self, architecture: Architecture201, *, num_classes: int | None = None
+    ) -> nn.Module:
+        self._check(architecture)
+        backbone = NASBench201Network(
+            architecture,
+            channels=self.channels,
+            cells_per_stage=self.cells_per_stage,
+            in_channels=self.in_channels,
+        )
+        return backbone if num_classes is None else _Classifier(backbone, num_classes)
+
+    @staticmethod
+    def _check(architecture: Architecture201) -> None:
+        if len(architecture) != len(EDGES) or any(op not in OPERATIONS for op in architecture):
+            raise ArchitectureError(
+                f"a NAS-Bench-201 architecture is 6 operations from {', '.join(OPERATIONS)}; "
+                f"got {architecture!r}"
+            )
