@@ -227,6 +227,26 @@ CASES = [
         code=0,
     ),
     Case(
+        "a split part of a negative size other than -1",
+        lambda p: [
+            "data",
+            "split",
+            "--data-root",
+            str(p.data),
+            "--dataset",
+            "background",
+            "--part",
+            "train=-5",
+            "--part",
+            "val=1",
+            "--part",
+            "test=1",
+            "--out",
+            str(p.tmp / "splits"),
+        ],
+        ("'train': -5 alphabets is not a size",),
+    ),
+    Case(
         "an episode grid that would take many GB",
         lambda p: [
             "data",

@@ -257,6 +257,7 @@ def alphabet_split(
     Returns:
         Part name -> sorted group names.
     """
+    _check_part_sizes(sizes, "alphabets")
     if sum(1 for n in sizes.values() if n == -1) > 1:
         raise DataError("at most one split part can take the remaining alphabets (-1)")
     min_classes = dict(min_classes or {})
@@ -281,6 +282,16 @@ def alphabet_split(
     return {part: parts[part] for part in sizes}
 
 
+def _check_part_sizes(sizes: Mapping[str, int], unit: str) -> None:
+    """Refuse part sizes that are neither a positive count nor -1 ("the rest")."""
+    for part, size in sizes.items():
+        if size != -1 and size < 1:
+            raise DataError(
+                f"split part {part!r}: {size} {unit} is not a size; give a positive number, "
+                f"or -1 for the {unit} the other parts leave"
+            )
+
+
 def class_split(
     dataset: ImageClassDataset, sizes: Mapping[str, int], *, seed: int = 0
 ) -> dict[str, tuple[str, ...]]:
@@ -292,6 +303,7 @@ def class_split(
     Returns:
         Part name -> sorted class names.
     """
+    _check_part_sizes(sizes, "classes")
     if sum(1 for n in sizes.values() if n == -1) > 1:
         raise DataError("at most one split part can take the remaining classes (-1)")
     fixed = sum(n for n in sizes.values() if n != -1)
