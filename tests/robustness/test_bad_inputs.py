@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ class Case:
     words: tuple[str, ...]
     code: int = 2
     stream: str = "err"  # where the words appear
-    notes: tuple[str, ...] = field(default=())
+    leaves_nothing: str = ""  # a path below the row's folder that must not exist afterwards
 
 
 def write(path: Path, text: str) -> Path:
@@ -177,6 +177,21 @@ CASES = [
             str(p.data),
         ],
         ("--resume",),
+    ),
+    Case(
+        "--resume of a run that does not exist (and leaves no folder behind)",
+        lambda p: [
+            "train",
+            "--config",
+            config_with(p, CONFIG),
+            "--out",
+            str(p.tmp / "never"),
+            "--resume",
+            "--data-root",
+            str(p.data),
+        ],
+        ("cannot resume",),
+        leaves_nothing="never",
     ),
     Case(
         "truncated checkpoint tensors",
@@ -309,3 +324,5 @@ def test_bad_input(
     if case.code != 0:
         errors = [line for line in err.splitlines() if not line.startswith("warning:")]
         assert len(errors) == 1 and errors[0].startswith("error:"), err
+    if case.leaves_nothing:
+        assert not (tmp_path / "case" / case.leaves_nothing).exists()

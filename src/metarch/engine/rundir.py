@@ -28,6 +28,9 @@ class RunLock:
     """An exclusive lock on a run directory (created if missing), held until :meth:`release`."""
 
     def __init__(self, run_dir: Path) -> None:
+        # A directory made only to hold the lock goes again if nothing else was written.
+        self._created = not run_dir.exists()
+        self._run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_FILE
         handle = path.open("a+", encoding="utf-8")
@@ -57,3 +60,7 @@ class RunLock:
                 fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+            if self._created and [p.name for p in self._run_dir.iterdir()] == [LOCK_FILE]:
+                with contextlib.suppress(OSError):
+                    (self._run_dir / LOCK_FILE).unlink()
+                    self._run_dir.rmdir()
