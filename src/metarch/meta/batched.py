@@ -63,6 +63,7 @@ __all__ = [
     "batched_meta_gradients",
     "batched_module_rule",
     "channels_last",
+    "concat_channels",
     "from_grouped",
     "register_batched_function",
     "register_batched_module",
@@ -122,6 +123,16 @@ def from_grouped(y: Tensor, tasks: int) -> Tensor:
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _allocator_tuned: bool | None = None
+
+
+def concat_channels(tensors: Sequence[Tensor], tasks: int) -> Tensor:
+    """Grouped tensors concatenated along each task's channels (``torch.cat(..., dim=1)``).
+
+    Task ``t`` of the result holds task ``t``'s channels of every input, in order, as the
+    concatenation of one task's maps would.
+    """
+    parts = [t.unflatten(1, (tasks, t.shape[1] // tasks)) for t in tensors]
+    return torch.cat(parts, dim=2).flatten(1, 2)
 
 
 def scale_per_task(x: Tensor, scale: Tensor) -> Tensor:
@@ -187,6 +198,7 @@ class BatchedNormContext:
             with PyTorch's fused kernels, instead of twice-differentiable operations.
         phase: ``support`` or ``query``: what the forward context tells other modules.
         engine: The engine running the pass (set by it), for rules that run children.
+        tasks: Tasks in the pass (set by the engine).
     """
 
     step: int = 0
@@ -195,6 +207,7 @@ class BatchedNormContext:
     first_order: bool = False
     phase: Phase = "query"
     engine: TaskBatchedModel | None = None
+    tasks: int = 0
 
 
 class _BatchNormReLU(torch.autograd.Function):
@@ -588,7 +601,8 @@ class TaskBatchedModel:
             return
         target = node.target
         if node.op == "call_function" and (
-            target in _PER_CHANNEL_FUNCTIONS
+            target is torch.cat
+            or target in _PER_CHANNEL_FUNCTIONS
             or target in _ELEMENTWISE
             or target in (torch.flatten, torch.mean, torch.sum, torch.amax, torch.amin)
         ):
@@ -613,7 +627,7 @@ class TaskBatchedModel:
         Modules see the pass's step and phase in the forward context, and inherit its
         other fields (temperature, sub-network) from the caller's.
         """
-        context = replace(context, engine=self)
+        context = replace(context, engine=self, tasks=x.shape[0])
         with forward_context(step=context.step, phase=context.phase):
             out = self._run_graph(self.root, to_grouped(x), params, context)
         if out.dim() != 2:
@@ -652,7 +666,7 @@ class TaskBatchedModel:
                 env[node] = self.run_module(traced.qualified(node.target), value, params, context)
             elif node.op == "call_function":
                 args, kwargs = load(node.args), load(node.kwargs)
-                env[node] = self._function(node.target, args, kwargs)
+                env[node] = self._function(node.target, args, kwargs, context)
             else:  # call_method
                 args, kwargs = load(node.args), load(node.kwargs)
                 env[node] = self._method(str(node.target), args, kwargs)
@@ -661,8 +675,14 @@ class TaskBatchedModel:
         return out
 
     @staticmethod
-    def _function(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    def _function(
+        target: Any, args: Sequence[Any], kwargs: dict[str, Any], context: BatchedNormContext
+    ) -> Any:
         x = args[0]
+        if target is torch.cat:
+            if _arg(args, kwargs, 1, "dim", 0) not in (1, -3):
+                raise BatchingUnsupportedError("concatenation along other than channels")
+            return concat_channels(x, context.tasks)
         if target in _ELEMENTWISE:
             _same_layout(args)
         elif target is torch.flatten:

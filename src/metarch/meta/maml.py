@@ -168,7 +168,8 @@ class MAML(MetaLearner):
             raise ValueError(f"task_threads must be positive or None, got {task_threads}")
         self.model = model
         name_norm_layers(model)
-        names = [name for name, _ in model.named_parameters()]
+        # Frozen parameters (requires_grad False, e.g. a non-affine batch norm's) never adapt.
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
         if adapt == "all":
             self.adapt_names = names
         elif adapt == "head":

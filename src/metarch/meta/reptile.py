@@ -171,7 +171,8 @@ class Reptile(MetaLearner):
             raise ValueError("adam_state='sequential' needs inner_optimizer='adam'")
         self.model = model
         name_norm_layers(model)
-        self.adapt_names = [name for name, _ in model.named_parameters()]
+        # Frozen parameters (requires_grad False) never adapt, and carry no Adam state.
+        self.adapt_names = [name for name, p in model.named_parameters() if p.requires_grad]
         self.inner_lr = float(inner_lr)
         self.steps = steps
         self.eval_steps = eval_steps
@@ -204,7 +205,7 @@ class Reptile(MetaLearner):
             steps=eval_steps, first_order=True, norm_policy=NormPolicy.TASK
         )
         if self.carries_adam_state:
-            size = sum(p.numel() for p in model.parameters())
+            size = sum(model.get_parameter(name).numel() for name in self.adapt_names)
             dtype = next(model.parameters()).dtype
             self.register_buffer(_SECOND_MOMENT, torch.zeros(size, dtype=dtype))
             self.register_buffer(_STEP, torch.zeros((), dtype=torch.int64))

@@ -7,12 +7,16 @@ from metarch.nas.spaces.base import (
     SearchSpace,
     create_space,
 )
+from metarch.nas.spaces.metanas import Genotype, MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
 
 __all__ = [
     "SEARCH_SPACES",
     "ArchitectureCost",
     "ArchitectureError",
+    "Genotype",
+    "MetaNASNetwork",
+    "MetaNASSpace",
     "NASBench201Network",
     "NASBench201Space",
     "SearchSpace",
