@@ -9,6 +9,9 @@ Layout:
         nasbench201.py  the NAS-Bench-201 cell space (its networks have real-device
                      latencies in ../shared/data/hardware)
         metanas.py   MetaNAS's few-shot DARTS cell space (genotypes and their networks)
+        metanas_search.py  its continuous relaxation (mixed operations, pairwise input
+                     weights, temperature from the forward context, skipped weak ops),
+                     task-batched through a rule of the engine
 
 To add a search space: subclass :class:`~metarch.nas.spaces.base.SearchSpace` in a module of
 its own under ``nas/spaces`` and register it with ``@SEARCH_SPACES.register("name")``.

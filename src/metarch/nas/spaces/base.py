@@ -15,13 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from metarch.errors import MetarchError
 from metarch.models.cost import count_parameters, flops_per_image
+from metarch.models.groups import group_of
 from metarch.registry import Registry
 
-__all__ = ["SEARCH_SPACES", "ArchitectureCost", "ArchitectureError", "SearchSpace", "create_space"]
+__all__ = [
+    "SEARCH_SPACES",
+    "ArchitectureCost",
+    "ArchitectureError",
+    "Classifier",
+    "SearchSpace",
+    "create_space",
+]
 
 A = TypeVar("A")
 
@@ -43,6 +51,26 @@ class ArchitectureCost:
     parameters: int
     flops: int
     input_shape: tuple[int, int, int]
+
+
+class Classifier(nn.Module):
+    """A space's backbone and a linear head; parameter groups come from the backbone."""
+
+    def __init__(self, backbone: nn.Module, features: int, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, num_classes)
+
+    def parameter_group(self, name: str) -> str:
+        """The backbone's group of its parameters (``weights`` for the head)."""
+        if name.startswith("backbone."):
+            return group_of(self.backbone, name.removeprefix("backbone."))
+        return group_of(self.head, name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, num_classes)``."""
+        logits: Tensor = self.head(self.backbone(x))
+        return logits
 
 
 class SearchSpace(ABC, Generic[A]):
@@ -88,6 +116,20 @@ class SearchSpace(ABC, Generic[A]):
     @abstractmethod
     def build(self, architecture: A, *, num_classes: int | None = None) -> nn.Module:
         """The discrete network: a backbone, or a classifier with ``num_classes`` outputs."""
+
+    def relax(self, *, num_classes: int | None = None, **options: Any) -> nn.Module:
+        """The continuous relaxation: one network holding every architecture.
+
+        Its architecture parameters (group ``architecture``) serve gradient-based search.
+
+        Raises:
+            NotImplementedError: For spaces without one.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no continuous relaxation")
+
+    def derive(self, relaxed: nn.Module) -> A:
+        """The discrete architecture a relaxation's architecture parameters choose."""
+        raise NotImplementedError(f"{type(self).__name__} has no continuous relaxation")
 
     @property
     @abstractmethod

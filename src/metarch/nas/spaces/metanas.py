@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.ops import FEW_SHOT_OPERATIONS, FactorizedReduce, ReLUConvBN, create_operation
-from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Classifier, SearchSpace
 from metarch.registry import PositiveInt
 
 __all__ = ["CellGenotype", "Genotype", "MetaNASNetwork", "MetaNASSpace"]
@@ -139,17 +140,6 @@ class MetaNASNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1)
         features: Tensor = self.flatten(self.pool(s1))
         return features
-
-
-class _Classifier(nn.Module):
-    def __init__(self, backbone: MetaNASNetwork, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.out_features, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.head(self.backbone(x))
-        return logits
 
 
 @SEARCH_SPACES.register("metanas")
@@ -278,7 +268,35 @@ class MetaNASSpace(SearchSpace[Genotype]):
         backbone = MetaNASNetwork(
             architecture, channels=self.channels, cells=self.cells, in_channels=self.in_channels
         )
-        return backbone if num_classes is None else _Classifier(backbone, num_classes)
+        return (
+            backbone
+            if num_classes is None
+            else Classifier(backbone, backbone.out_features, num_classes)
+        )
+
+    def relax(  # noqa: D102
+        self, *, num_classes: int | None = None, skip_below: float = 0.0, **options: Any
+    ) -> nn.Module:
+        from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
+
+        network = MetaNASSearchNetwork(
+            channels=self.channels,
+            cells=self.cells,
+            in_channels=self.in_channels,
+            skip_below=skip_below,
+            **options,
+        )
+        if num_classes is None:
+            return network
+        return Classifier(network, network.out_features, num_classes)
+
+    def derive(self, relaxed: nn.Module) -> Genotype:  # noqa: D102
+        from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
+
+        network = relaxed.backbone if isinstance(relaxed, Classifier) else relaxed
+        if not isinstance(network, MetaNASSearchNetwork):
+            raise ArchitectureError(f"not a relaxation of this space: {type(relaxed).__name__}")
+        return network.genotype()
 
     @staticmethod
     def _check(architecture: Genotype) -> None:

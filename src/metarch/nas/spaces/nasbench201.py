@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
-from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Classifier, SearchSpace
 from metarch.registry import PositiveInt
 
 __all__ = ["EDGES", "OPERATIONS", "NASBench201Network", "NASBench201Space", "Cell201"]
@@ -162,17 +162,6 @@ class NASBench201Network(nn.Module):
         return features
 
 
-class _Classifier(nn.Module):
-    def __init__(self, backbone: NASBench201Network, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.out_features, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.head(self.backbone(x))
-        return logits
-
-
 @SEARCH_SPACES.register("nasbench201")
 class NASBench201Space(SearchSpace[Architecture201]):
     """The NAS-Bench-201 cell space with a macro network of chosen size.
@@ -263,7 +252,11 @@ class NASBench201Space(SearchSpace[Architecture201]):
             cells_per_stage=self.cells_per_stage,
             in_channels=self.in_channels,
         )
-        return backbone if num_classes is None else _Classifier(backbone, num_classes)
+        return (
+            backbone
+            if num_classes is None
+            else Classifier(backbone, backbone.out_features, num_classes)
+        )
 
     @staticmethod
     def _check(architecture: Architecture201) -> None:

@@ -1,0 +1,338 @@
+"""The continuous relaxation of MetaNAS's cell space: one network holding every genotype.
+
+Every edge of a cell is a mixed operation: the sum of all 7 few-shot operations weighted
+by ``softmax(alpha / T)``; every node weights each pair of its inputs by
+``softmax(beta / T)`` and sums, over pairs, the pair's two edge outputs (MetaNAS's
+pairwise input weights: a node learns which 2 inputs to keep). ``alpha`` and ``beta``
+are the network's architecture parameters (group ``architecture``), one set for normal
+and one for reduction cells, shared by all cells of a kind. ``T`` is the forward
+context's temperature (:mod:`metarch.models.context`), so an inner loop can anneal it
+step by step. An operation or pair whose weight is at most ``skip_below`` is not run: it
+contributes nothing (MetaNAS's threshold; 0 runs everything).
+
+The forward is written once against an *executor* (how to read a parameter, run a child
+module, weight an output, concatenate): plainly for one task, and on the task-grouped
+layout of the task-batched engine, where every task has its own architecture weights and
+an operation is skipped for exactly the tasks whose weight is below the threshold. Both
+give the same result (tested at second order).
+
+:meth:`MetaNASSearchNetwork.genotype` discretises, as MetaNAS does: per node the pair with
+the largest ``beta``, on each of its two edges the operation with the largest ``alpha``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from metarch.meta.batched import (
+    BatchedNormContext,
+    Params,
+    concat_channels,
+    register_batched_module,
+    scale_per_task,
+)
+from metarch.models.context import current_context
+from metarch.models.groups import ARCHITECTURE, WEIGHTS
+from metarch.models.norm import MetaBatchNorm2d
+from metarch.nas.ops import FEW_SHOT_OPERATIONS, FactorizedReduce, ReLUConvBN, create_operation
+from metarch.nas.spaces.metanas import CELL_TYPES, NODES, CellGenotype, Genotype, NodeGenotype
+
+__all__ = ["MetaNASSearchNetwork", "input_pairs"]
+
+
+def input_pairs(node: int) -> list[tuple[int, int]]:
+    """The pairs of inputs node ``node`` can take, in ``beta``'s order: (0, 1), (0, 2), ..."""
+    return list(itertools.combinations(range(node + 2), 2))
+
+
+class _Executor(Protocol):
+    def parameter(self, name: str) -> Tensor: ...
+
+    def run(self, name: str, x: Tensor) -> Tensor: ...
+
+    def weighted(self, x: Tensor, weight: Tensor) -> Tensor: ...
+
+    def concat(self, tensors: list[Tensor]) -> Tensor: ...
+
+    def needed(self, weight: Tensor, threshold: float) -> bool: ...
+
+
+class _OneTask:
+    """The plain forward of one task."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network
+
+    def parameter(self, name: str) -> Tensor:
+        # By attribute, not get_parameter: under torch.func.functional_call the entries
+        # are plain tensors standing in for the parameters.
+        owner, _, attribute = name.rpartition(".")
+        value: Tensor = getattr(self.network.get_submodule(owner), attribute)
+        return value
+
+    def run(self, name: str, x: Tensor) -> Tensor:
+        out: Tensor = self.network.get_submodule(name)(x)
+        return out
+
+    def weighted(self, x: Tensor, weight: Tensor) -> Tensor:
+        return x * weight
+
+    def concat(self, tensors: list[Tensor]) -> Tensor:
+        return torch.cat(tensors, dim=1)
+
+    def needed(self, weight: Tensor, threshold: float) -> bool:
+        return bool(weight > threshold)
+
+
+class _TaskGrouped:
+    """The forward of ``T`` tasks at once on the task-batched engine's grouped layout."""
+
+    def __init__(self, prefix: str, params: Params, context: BatchedNormContext) -> None:
+        assert context.engine is not None
+        self.prefix = f"{prefix}." if prefix else ""
+        self.params = params
+        self.context = context
+        self.engine = context.engine
+
+    def parameter(self, name: str) -> Tensor:
+        return self.params[self.prefix + name]
+
+    def run(self, name: str, x: Tensor) -> Tensor:
+        return self.engine.run_module(self.prefix + name, x, self.params, self.context)
+
+    def weighted(self, x: Tensor, weight: Tensor) -> Tensor:
+        return scale_per_task(x, weight)
+
+    def concat(self, tensors: list[Tensor]) -> Tensor:
+        return concat_channels(tensors, self.context.tasks)
+
+    def needed(self, weight: Tensor, threshold: float) -> bool:
+        return bool((weight > threshold).any())
+
+
+class SearchCell(nn.Module):
+    """A cell of the relaxation: every edge holds all operations (weights come from outside)."""
+
+    def __init__(
+        self,
+        channels: int,
+        previous_previous: int,
+        previous: int,
+        *,
+        reduction: bool,
+        reduction_before: bool,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0 = (
+            FactorizedReduce(previous_previous, channels, affine=False)
+            if reduction_before
+            else ReLUConvBN(previous_previous, channels, 1, 1, affine=False)
+        )
+        self.preprocess1 = ReLUConvBN(previous, channels, 1, 1, affine=False)
+        # edges[node][input][operation]
+        self.edges = nn.ModuleList(
+            nn.ModuleList(
+                nn.ModuleList(
+                    create_operation(op, channels, 2 if reduction and source < 2 else 1, False)
+                    for op in FEW_SHOT_OPERATIONS
+                )
+                for source in range(node + 2)
+            )
+            for node in range(NODES)
+        )
+
+
+class MetaNASSearchNetwork(nn.Module):
+    """The relaxed network: a stem, search cells, pooled features (``NODES * C``).
+
+    Args:
+        channels: ``C`` per node (MetaNAS: 28).
+        cells: Number of cells (MetaNAS: 4).
+        reductions: Indices of the reduction cells (MetaNAS: 1 and 3).
+        in_channels: Image channels.
+        stem_multiplier: The stem outputs ``stem_multiplier * C`` channels.
+        skip_below: Operations and input pairs whose weight is at most this are not run
+            (MetaNAS: 0.01 in meta-training, 0.05 in meta-testing).
+        init_scale: Architecture parameters start as ``init_scale * N(0, 1)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int = 28,
+        cells: int = 4,
+        reductions: tuple[int, ...] = (1, 3),
+        in_channels: int = 1,
+        stem_multiplier: int = 3,
+        skip_below: float = 0.0,
+        init_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.skip_below = skip_below
+        stem = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), MetaBatchNorm2d(stem)
+        )
+        self.cells = nn.ModuleList()
+        previous_previous, previous = stem, stem
+        reduction_before = False
+        for index in range(cells):
+            reduction = index in reductions
+            self.cells.append(
+                SearchCell(
+                    channels,
+                    previous_previous,
+                    previous,
+                    reduction=reduction,
+                    reduction_before=reduction_before,
+                )
+            )
+            previous_previous, previous = previous, NODES * channels
+            reduction_before = reduction
+        self.out_features = previous
+        operations = len(FEW_SHOT_OPERATIONS)
+        for kind in CELL_TYPES:
+            self.register_module(
+                f"alpha_{kind}",
+                nn.ParameterList(
+                    nn.Parameter(init_scale * torch.randn(node + 2, operations))
+                    for node in range(NODES)
+                ),
+            )
+            self.register_module(
+                f"beta_{kind}",
+                nn.ParameterList(
+                    nn.Parameter(init_scale * torch.randn(len(input_pairs(node))))
+                    for node in range(NODES)
+                ),
+            )
+
+    def parameter_group(self, name: str) -> str:
+        """``architecture`` for the operation and input weights, ``weights`` otherwise."""
+        return ARCHITECTURE if name.startswith(("alpha_", "beta_")) else WEIGHTS
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``(N, NODES * C)`` of images ``(N, C_in, H, W)``."""
+        return self.compute(x, _OneTask(self))
+
+    def compute(self, x: Tensor, executor: _Executor) -> Tensor:
+        """The forward, run by ``executor`` (one task, or task-grouped)."""
+        temperature = current_context().temperature
+        weights = {
+            kind: [
+                (
+                    torch.softmax(executor.parameter(f"alpha_{kind}.{node}") / temperature, -1),
+                    torch.softmax(executor.parameter(f"beta_{kind}.{node}") / temperature, -1),
+                )
+                for node in range(NODES)
+            ]
+            for kind in CELL_TYPES
+        }
+        s0 = s1 = executor.run("stem", x)
+        for index, cell in enumerate(self.cells):
+            assert isinstance(cell, SearchCell)
+            kind = "reduce" if cell.reduction else "normal"
+            out = self._cell(f"cells.{index}", cell, s0, s1, weights[kind], executor)
+            s0, s1 = s1, out
+        pooled = s1.mean(dim=(2, 3))
+        return pooled
+
+    def _cell(
+        self,
+        name: str,
+        cell: SearchCell,
+        s0: Tensor,
+        s1: Tensor,
+        weights: list[tuple[Tensor, Tensor]],
+        executor: _Executor,
+    ) -> Tensor:
+        states = [executor.run(f"{name}.preprocess0", s0), executor.run(f"{name}.preprocess1", s1)]
+        # Nodes of a reduction cell are at the reduced size (3x3 windows, stride 2, pad 1).
+        n, c, h, w = states[1].shape
+        size = (n, c, (h + 1) // 2, (w + 1) // 2) if cell.reduction else (n, c, h, w)
+
+        def nothing() -> Tensor:
+            return states[1].new_zeros(size)
+
+        for node, (alpha, beta) in enumerate(weights):
+            pairs = [(pair, self._kept(beta[..., pair])) for pair in range(len(input_pairs(node)))]
+            pairs = [(pair, w) for pair, w in pairs if executor.needed(w, self.skip_below)]
+            # Each input's mixed operation runs once, however many kept pairs use it.
+            sources = sorted({s for pair, _ in pairs for s in input_pairs(node)[pair]})
+            edges = {
+                source: self._mixed(
+                    f"{name}.edges.{node}.{source}",
+                    alpha[..., source, :],
+                    states[source],
+                    executor,
+                    nothing,
+                )
+                for source in sources
+            }
+            node_total: Tensor | None = None
+            for pair, weight in pairs:
+                a, b = input_pairs(node)[pair]
+                term = executor.weighted(edges[a] + edges[b], weight)
+                node_total = term if node_total is None else node_total + term
+            states.append(node_total if node_total is not None else nothing())
+        return executor.concat(states[2:])
+
+    def _mixed(
+        self,
+        name: str,
+        alpha: Tensor,
+        x: Tensor,
+        executor: _Executor,
+        nothing: Callable[[], Tensor],
+    ) -> Tensor:
+        """One edge's mixed operation: its operations' outputs weighted by ``alpha``."""
+        total: Tensor | None = None
+        for op in range(len(FEW_SHOT_OPERATIONS)):
+            weight = self._kept(alpha[..., op])
+            if not executor.needed(weight, self.skip_below):
+                continue
+            out = executor.weighted(executor.run(f"{name}.{op}", x), weight)
+            total = out if total is None else total + out
+        return total if total is not None else nothing()
+
+    def _kept(self, weight: Tensor) -> Tensor:
+        """A weight, or 0 where it is at most the threshold (those operations do not run)."""
+        if self.skip_below <= 0:
+            return weight
+        return weight * (weight > self.skip_below)
+
+    @torch.no_grad()
+    def genotype(self) -> Genotype:
+        """The discrete architecture the architecture parameters choose.
+
+        Per node the input pair with the largest ``beta`` and, on each of its two edges, the
+        operation with the largest ``alpha`` (as MetaNAS derives it).
+        """
+        cells: dict[str, CellGenotype] = {}
+        for kind in CELL_TYPES:
+            nodes: list[NodeGenotype] = []
+            for node in range(NODES):
+                alpha = _OneTask(self).parameter(f"alpha_{kind}.{node}")
+                beta = _OneTask(self).parameter(f"beta_{kind}.{node}")
+                a, b = input_pairs(node)[int(beta.argmax())]
+                first = (FEW_SHOT_OPERATIONS[int(alpha[a].argmax())], a)
+                second = (FEW_SHOT_OPERATIONS[int(alpha[b].argmax())], b)
+                nodes.append((first, second))
+            cells[kind] = tuple(nodes)
+        return Genotype(cells["normal"], cells["reduce"])
+
+
+def _run_search_network(
+    module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
+) -> Tensor:
+    assert isinstance(module, MetaNASSearchNetwork)
+    return module.compute(x, _TaskGrouped(name, params, context))
+
+
+register_batched_module(MetaNASSearchNetwork, run=_run_search_network)
