@@ -64,6 +64,19 @@ class DatasetSummary:
     problem: str | None = None
     warning: str | None = None
 
+    @classmethod
+    def unreadable(cls, name: str, format: str, path: Path, problem: str) -> DatasetSummary:
+        """A set that was found but cannot be read: listed, so that only loading it fails."""
+        return cls(
+            name=name,
+            format=format,
+            path=path,
+            alphabets=None,
+            classes=0,
+            images=0,
+            problem=problem,
+        )
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; ``runs``, ``details``, ``problem`` and ``warning`` only when set."""
         data = asdict(self)

@@ -633,17 +633,7 @@ class LakeRunsFormat(DataFormat):
             with _open_runs(source) as tree:
                 images = [m for m in map(_IMAGE.match, tree.names()) if m is not None]
         except DataError as exc:  # listed, so that only the runs' protocol fails
-            return [
-                DatasetSummary(
-                    name="lake_runs",
-                    format=self.name,
-                    path=source,
-                    alphabets=None,
-                    classes=0,
-                    images=0,
-                    problem=str(exc),
-                )
-            ]
+            return [DatasetSummary.unreadable("lake_runs", self.name, source, str(exc))]
         return [
             DatasetSummary(
                 name="lake_runs",

@@ -398,17 +398,7 @@ class OmniglotFormat(DataFormat):
             try:
                 alphabets, characters, images = _count(source, info)
             except DataError as exc:  # listed, so that only loading this set fails
-                found.append(
-                    DatasetSummary(
-                        name=set_name,
-                        format=self.name,
-                        path=source,
-                        alphabets=None,
-                        classes=0,
-                        images=0,
-                        problem=str(exc),
-                    )
-                )
+                found.append(DatasetSummary.unreadable(set_name, self.name, source, str(exc)))
                 continue
             found.append(
                 DatasetSummary(

@@ -20,7 +20,7 @@ state carried over from earlier tasks (``state``, ``batches``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +43,7 @@ __all__ = [
     "Params",
     "TaskResult",
     "adapt_task",
+    "adapted_predictor",
     "run_task",
 ]
 
@@ -258,6 +259,28 @@ def adapt_task(
         current = apply_updates(current, updates)
         trajectory.append(current)
     return Adaptation(trajectory, state, buffers)
+
+
+def adapted_predictor(
+    model: nn.Module, adaptation: Adaptation, config: InnerLoopConfig, *, training: bool
+) -> Callable[[Tensor], Tensor]:
+    """Query logits under the adapted (detached) parameters and buffers of ``adaptation``.
+
+    Batch norm uses the statistics ``config.norm_policy`` gives the query pass after the
+    last step, in the mode (``training``) the learner was adapted in.
+    """
+    adapted = {name: p.detach() for name, p in adaptation.params.items()}
+    buffers = adaptation.buffers
+    context = BatchNormContext(
+        fused=True,
+        step=config.steps,
+        use_running=config.norm_policy.uses_running_statistics(inner=False, training=training),
+    )
+
+    def predict(query_x: Tensor) -> Tensor:
+        return _forward(model, adapted, buffers, query_x, context)
+
+    return predict
 
 
 def run_task(

@@ -38,15 +38,14 @@ from metarch.meta.batched import (
 from metarch.meta.functional import (
     InnerLoopConfig,
     Params,
-    _forward,
     adapt_task,
+    adapted_predictor,
     run_task,
 )
 from metarch.meta.losses import TASK_LOSSES
 from metarch.meta.optim import Hyper, InnerOptimizer, Partition, build_inner_optimizer
 from metarch.models.groups import group_of
 from metarch.models.norm import (
-    BatchNormContext,
     NormPolicy,
     RecordedStatistics,
     apply_recorded_statistics,
@@ -423,20 +422,7 @@ class MAML(MetaLearner):
                 task_loss=self.task_loss,
                 fused_norm=True,
             )
-        adapted = {name: p.detach() for name, p in adaptation.params.items()}
-        buffers = adaptation.buffers
-        context = BatchNormContext(
-            fused=True,
-            step=self.eval_config.steps,
-            use_running=self.eval_config.norm_policy.uses_running_statistics(
-                inner=False, training=training
-            ),
-        )
-
-        def predict(query_x: Tensor) -> Tensor:
-            return _forward(self.model, adapted, buffers, query_x, context)
-
-        return predict
+        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
 
 
 class _MAMLVariant(MAML):

@@ -70,7 +70,13 @@ from metarch.meta.batched import (
     run_task_shards,
     stack_for_tasks,
 )
-from metarch.meta.functional import InnerLoopConfig, Params, _forward, adapt_task
+from metarch.meta.functional import (
+    InnerLoopConfig,
+    Params,
+    _forward,
+    adapt_task,
+    adapted_predictor,
+)
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
 from metarch.meta.optim import InnerOptimizer, OptState, adam, sgd
 from metarch.models.norm import BatchNormContext, NormPolicy, name_norm_layers
@@ -474,20 +480,7 @@ class Reptile(MetaLearner):
                 state=self._start_state(meta),
                 batches=None if batches is None else [b[0] for b in batches],
             )
-        adapted = {name: p.detach() for name, p in adaptation.params.items()}
-        buffers = adaptation.buffers
-        context = BatchNormContext(
-            step=self.eval_steps,
-            use_running=self.eval_config.norm_policy.uses_running_statistics(
-                inner=False, training=training
-            ),
-            fused=True,
-        )
-
-        def predict(query_x: Tensor) -> Tensor:
-            return _forward(self.model, adapted, buffers, query_x, context)
-
-        return predict
+        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
 
 
 #: Sum of adapted parameters, summed query losses and scores, summed (or last) second moments.
