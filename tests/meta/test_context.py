@@ -25,9 +25,14 @@ class Probe(nn.Module):
         context = current_context()
         with self.lock:
             Probe.seen.append(
-                (context.step, context.phase, context.temperature, threading.current_thread().name)
+                (
+                    context.step,
+                    context.phase,
+                    context.current_temperature,
+                    threading.current_thread().name,
+                )
             )
-        return x * context.temperature
+        return x * context.current_temperature
 
 
 register_batched_module(Probe)  # acts per sample and channel: runs as it is
@@ -83,3 +88,34 @@ def test_the_temperature_changes_the_meta_gradient_the_same_way_in_every_path() 
     loop = gradient("loop")
     torch.testing.assert_close(gradient("batched"), loop, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gradient("vmap"), loop, rtol=1e-9, atol=1e-12)
+
+
+def _anneal(step: int) -> float:
+    return 1.0 - 0.25 * step
+
+
+def _scheduled(batching: str, threads: int | None) -> tuple[set[tuple[int, float]], Tensor]:
+    Probe.seen.clear()
+    torch.manual_seed(0)
+    learner = MAML(
+        probed_classifier(),
+        inner_lr=0.3,
+        steps=2,
+        batching=batching,  # type: ignore[arg-type]
+        task_threads=threads,
+    )
+    with forward_context(temperature_schedule=_anneal):
+        learner.compute_meta_gradients(make_batch(tasks=3))
+    seen = {(step, temperature) for step, _, temperature, _ in Probe.seen}
+    gradient = torch.cat([p.grad.flatten() for p in learner.parameters() if p.grad is not None])
+    return seen, gradient
+
+
+@pytest.mark.parametrize(("batching", "threads"), [("vmap", None), ("batched", 2)])
+def test_a_temperature_schedule_anneals_per_inner_step_in_every_path(
+    batching: str, threads: int | None
+) -> None:
+    loop_seen, loop = _scheduled("loop", None)
+    seen, gradient = _scheduled(batching, threads)
+    assert seen == loop_seen == {(0, 1.0), (1, 0.75), (2, 0.5)}  # the query pass is step 2
+    torch.testing.assert_close(gradient, loop, rtol=1e-9, atol=1e-12)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,8 +38,10 @@ class ForwardContext:
         step: Inner step (a support pass of step ``k``; the query pass after ``S`` steps is
             step ``S``).
         phase: ``plain``, ``support`` or ``query``.
-        temperature: Softmax temperature for architecture weights (annealed per inner step
-            by MetaNAS; 1 otherwise).
+        temperature: Softmax temperature for architecture weights (1 unless set); see
+            :attr:`current_temperature`.
+        temperature_schedule: The temperature as a function of the inner step, for an
+            inner loop that anneals it step by step (MetaNAS); overrides ``temperature``.
         subnet: The sampled sub-network of a supernet (its configuration), or ``None`` for
             the whole network.
         norm: What batch normalisation does in this pass (``None``: plain batch norm).
@@ -48,8 +50,16 @@ class ForwardContext:
     step: int = 0
     phase: Phase = "plain"
     temperature: float = 1.0
+    temperature_schedule: Callable[[int], float] | None = None
     subnet: Mapping[str, Any] | None = None
     norm: BatchNormContext | None = None
+
+    @property
+    def current_temperature(self) -> float:
+        """The temperature of this pass: the schedule's at :attr:`step`, if one is set."""
+        if self.temperature_schedule is not None:
+            return float(self.temperature_schedule(self.step))
+        return self.temperature
 
 
 _PLAIN = ForwardContext()  # frozen, so sharing it as the default is safe

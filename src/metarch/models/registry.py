@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from metarch.models.conv4 import Conv4
+from metarch.models.groups import WEIGHTS, group_of
 from metarch.models.mlp import MLP
 from metarch.models.resnet12 import ResNet12
 from metarch.registry import Registry
@@ -72,6 +73,12 @@ class FewShotClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(feature_dim(backbone, image_shape), ways)
+
+    def parameter_group(self, name: str) -> str:
+        """The backbone's group of its parameters (see :mod:`metarch.models.groups`)."""
+        if name.startswith("backbone."):
+            return group_of(self.backbone, name.removeprefix("backbone."))
+        return WEIGHTS
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, ways)`` for images ``(N, C, H, W)``."""

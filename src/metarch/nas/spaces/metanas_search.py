@@ -223,7 +223,7 @@ class MetaNASSearchNetwork(nn.Module):
 
     def compute(self, x: Tensor, executor: _Executor) -> Tensor:
         """The forward, run by ``executor`` (one task, or task-grouped)."""
-        temperature = current_context().temperature
+        temperature = current_context().current_temperature
         weights = {
             kind: [
                 (
