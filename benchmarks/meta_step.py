@@ -56,7 +56,7 @@ from report import (  # noqa: E402 (benchmarks are scripts, not a package)
     add_output_arguments,
     episode_arrays,
     output_path,
-    peak_rss_mb,
+    print_worker_result,
     rss_mb,
     write_report,
 )
@@ -191,16 +191,7 @@ def run_metarch_worker(args: argparse.Namespace) -> None:
         optimizer.step()
         if iteration > 0:
             times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "impl": args.impl,
-                "seconds_per_iteration": float(np.median(times)) if times else None,
-                "peak_rss_mb": peak_rss_mb(),
-                "setup_rss_mb": setup_rss,
-            }
-        )
-    )
+    print_worker_result(args.impl, times, setup_rss)
 
 
 # -- machine and workload facts ----------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "machine",
     "output_path",
     "peak_rss_mb",
+    "print_worker_result",
     "repo_relative",
     "rss_mb",
     "write_json",
@@ -191,3 +192,17 @@ def episode_arrays(
             "query_y": labels.repeat_interleave(queries).expand(tasks, -1).numpy().copy(),
         }
         return arrays, "random images (Omniglot not found)"
+
+
+def print_worker_result(impl: str, times: list[float], setup_rss: float) -> None:
+    """A timing worker's one JSON line: median seconds per iteration and its memory."""
+    print(
+        json.dumps(
+            {
+                "impl": impl,
+                "seconds_per_iteration": float(np.median(times)) if times else None,
+                "peak_rss_mb": peak_rss_mb(),
+                "setup_rss_mb": setup_rss,
+            }
+        )
+    )

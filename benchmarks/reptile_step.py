@@ -49,7 +49,7 @@ from report import (
     add_output_arguments,
     episode_arrays,
     output_path,
-    peak_rss_mb,
+    print_worker_result,
     rss_mb,
     write_report,
 )
@@ -187,16 +187,7 @@ def run_worker(args: argparse.Namespace) -> None:
         optimizer.step()
         if iteration > 0:
             times.append(time.perf_counter() - start)
-    print(
-        json.dumps(
-            {
-                "impl": args.worker,
-                "seconds_per_iteration": float(np.median(times)) if times else None,
-                "peak_rss_mb": peak_rss_mb(),
-                "setup_rss_mb": setup_rss,
-            }
-        )
-    )
+    print_worker_result(args.worker, times, setup_rss)
 
 
 def run_process(impl: str, folder: Path, iterations: int, threads: int) -> dict[str, Any]:
