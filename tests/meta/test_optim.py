@@ -20,9 +20,11 @@ from metarch.meta.optim import (
     Scale,
     ScaleByAdam,
     adam,
+    adam_second_moments,
     apply_updates,
     route_by_pattern,
     sgd,
+    with_adam_second_moments,
 )
 
 F64 = torch.float64
@@ -335,3 +337,29 @@ def test_maml_gives_each_parameter_group_its_inner_optimizer() -> None:
         MAML(ArchitectureNet(), inner_optimizer={"weights": "sgd"})
     with pytest.raises(ValueError, match="lr_mode and inner_optimizer both"):
         MAML(ArchitectureNet(), inner_optimizer="adam", lr_mode="per_parameter")
+
+
+def test_adam_state_is_found_and_replaced_through_any_nesting() -> None:
+    # Reptile carries the second moments of whatever Adam a rule holds: here one per
+    # parameter group, each switched on for alternate steps.
+    rule = Partition(
+        {
+            "weights": OnSteps(adam(0.1, (0.0, 0.999)), lambda step: step % 2 == 1),
+            "architecture": OnSteps(adam(0.2, (0.0, 0.999)), lambda step: step % 2 == 0),
+        },
+        route_by_pattern({"arch*": "architecture", "*": "weights"}),
+    )
+    params = {"arch": torch.zeros(2, dtype=F64), "w": torch.zeros(3, dtype=F64)}
+    state = rule.init(params)
+    assert set(adam_second_moments(state)) == {"arch", "w"}
+    carried = {"arch": torch.full((2,), 4.0, dtype=F64), "w": torch.full((3,), 9.0, dtype=F64)}
+    state = with_adam_second_moments(state, carried, count=7)
+    moments = adam_second_moments(state)
+    assert all(torch.equal(moments[name], carried[name]) for name in carried)
+    grads = {"arch": torch.ones(2, dtype=F64), "w": torch.ones(3, dtype=F64)}
+    updates, state = rule.update(grads, state, params, step=0)  # the architecture's step
+    assert set(updates) == {"arch"}
+    v = 0.999 * 4.0 + 0.001 * 1.0
+    expected = -0.2 * 1.0 / ((v / (1 - 0.999**8)) ** 0.5 + 1e-8)
+    torch.testing.assert_close(updates["arch"], torch.full((2,), expected, dtype=F64))
+    assert torch.equal(adam_second_moments(state)["w"], carried["w"])  # untouched this step

@@ -52,10 +52,12 @@ __all__ = [
     "Scale",
     "ScaleByAdam",
     "adam",
+    "adam_second_moments",
     "apply_updates",
     "build_inner_optimizer",
     "route_by_pattern",
     "sgd",
+    "with_adam_second_moments",
 ]
 
 Params = dict[str, Tensor]
@@ -472,6 +474,45 @@ class OnSteps(InnerOptimizer):
         return self.rule.update(
             grads, state, params, step=step, hyper=_sub(self.hyper(hyper), "rule")
         )
+
+
+# -- carried state -------------------------------------------------------------------------
+
+
+def _is_adam_state(state: object) -> bool:
+    return isinstance(state, dict) and {"m", "v", "count"} <= state.keys()
+
+
+def adam_second_moments(state: OptState) -> Params:
+    """The second-moment estimates of every :class:`ScaleByAdam` in a state, by name.
+
+    Works through any nesting of :class:`Chain`, :class:`Partition` and :class:`OnSteps`
+    states, so a learner can carry Adam's state from task to task (Reptile) whatever rule
+    holds it.
+    """
+    if _is_adam_state(state):
+        return dict(state["v"])
+    found: Params = {}
+    for value in state.values():
+        if isinstance(value, dict):
+            found.update(adam_second_moments(value))
+    return found
+
+
+def with_adam_second_moments(
+    state: OptState, moments: Mapping[str, Tensor], count: int
+) -> OptState:
+    """``state`` with its Adams' second moments replaced where ``moments`` names them.
+
+    Their step counts become ``count`` (see :func:`adam_second_moments`).
+    """
+    if _is_adam_state(state):
+        replaced = {name: moments.get(name, v) for name, v in state["v"].items()}
+        return {**state, "v": replaced, "count": count}
+    return {
+        key: with_adam_second_moments(value, moments, count) if isinstance(value, dict) else value
+        for key, value in state.items()
+    }
 
 
 # -- builders ------------------------------------------------------------------------------

@@ -78,7 +78,14 @@ from metarch.meta.functional import (
     adapted_predictor,
 )
 from metarch.meta.losses import TASK_LOSSES, TaskLoss
-from metarch.meta.optim import InnerOptimizer, OptState, adam, sgd
+from metarch.meta.optim import (
+    InnerOptimizer,
+    OptState,
+    adam,
+    adam_second_moments,
+    sgd,
+    with_adam_second_moments,
+)
 from metarch.models.norm import BatchNormContext, NormPolicy, name_norm_layers
 from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -226,9 +233,9 @@ class Reptile(MetaLearner):
     def _start_state(self, params: Params) -> OptState:
         """The inner optimizer's state for ``params`` (per task, or stacked ``(T, ...)``).
 
-        ``optim.adam`` is ``Chain(ScaleByAdam, Scale)``: the moments are its state "0".
-        The first moment is not carried: with the paper's ``beta1 = 0`` it is the last
-        gradient anyway.
+        The second moments of its Adam (wherever the rule holds it) start from the carried
+        ones. The first moment is not carried: with the paper's ``beta1 = 0`` it is the
+        last gradient anyway.
         """
         state = self.inner_optimizer.init(params)
         if not self.carries_adam_state:
@@ -243,8 +250,7 @@ class Reptile(MetaLearner):
             part = second_moment[offset : offset + size].view(shape)
             carried[name] = part.expand_as(value).clone() if value.dim() > len(shape) else part
             offset += size
-        adam_state = state["0"]
-        return {**state, "0": {**adam_state, "v": carried, "count": int(getattr(self, _STEP))}}
+        return with_adam_second_moments(state, carried, int(getattr(self, _STEP)))
 
     def _store_state(self, second_moments: Params, count: int) -> None:
         """Carry ``second_moments`` (per parameter) and step ``count`` on to later tasks."""
@@ -355,7 +361,7 @@ class Reptile(MetaLearner):
             for name, value in adapted.items():
                 adapted_sum[name] += value
             if self.carries_adam_state:
-                v = state["0"]["v"]
+                v = adam_second_moments(state)
                 if self.adam_state == "sequential" or second_moments is None:
                     second_moments = {n: t_.detach().clone() for n, t_ in v.items()}
                 else:
@@ -412,7 +418,7 @@ class Reptile(MetaLearner):
                 for name, value in adapted.items():
                     adapted_sum[name] += value.sum(dim=0)
                 if self.carries_adam_state:
-                    for name, v in state["0"]["v"].items():
+                    for name, v in adam_second_moments(state).items():
                         part = v.detach().sum(dim=0)
                         previous = second_moments.get(name)
                         second_moments[name] = part if previous is None else previous + part
