@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarch.meta import MAML
+from metarch.meta import MAML, Reptile
 from metarch.models.context import forward_context
 from metarch.models.groups import model_parameter_groups
 from metarch.nas import create_space
@@ -103,3 +103,38 @@ def test_batched_meta_gradient_equals_the_loop_at_second_order(
         grads.append(flat_grad([p for p in model.parameters() if p.requires_grad]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
     assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("weights_rule", ["adam", "sgd"])
+def test_reptile_with_an_optimizer_per_group_on_the_relaxation(weights_rule: str) -> None:
+    # MetaNAS's inner loop: Adam (beta1 = 0) for the weights, a faster Adam with weight
+    # decay for the architecture; the carried state covers exactly the Adams' parameters,
+    # and the task-batched meta-gradient equals the loop's.
+    spec = {
+        "weights": {"name": weights_rule, "betas": [0.0, 0.999]}
+        if weights_rule == "adam"
+        else "sgd",
+        "architecture": {"name": "adam", "lr": 0.005, "betas": [0.0, 0.999], "weight_decay": 1e-3},
+    }
+    grads, moments = [], []
+    for batching in ("loop", "batched"):
+        model = small_relaxation(init_scale=0.5)
+        learner = Reptile(
+            model,
+            inner_lr=0.01,
+            steps=3,
+            inner_batch_size=4,
+            inner_optimizer=spec,
+            batching=batching,
+        )
+        architecture = [n for n in learner.adapt_names if ".alpha_" in n or ".beta_" in n]
+        expected = learner.adapt_names if weights_rule == "adam" else architecture
+        assert learner._carried_names == expected
+        torch.manual_seed(0)
+        learner.compute_meta_gradients(make_batch(tasks=3, ways=3))
+        assert learner.batching == batching
+        grads.append(flat_grad([p for p in model.parameters() if p.requires_grad]))
+        moments.append(learner.get_buffer("inner_adam_second_moment").clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(moments[1], moments[0], rtol=1e-7, atol=1e-14)
+    assert moments[0].abs().sum() > 0

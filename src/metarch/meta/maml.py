@@ -43,7 +43,12 @@ from metarch.meta.functional import (
     run_task,
 )
 from metarch.meta.losses import TASK_LOSSES
-from metarch.meta.optim import Hyper, InnerOptimizer, Partition, build_inner_optimizer
+from metarch.meta.optim import (
+    Hyper,
+    InnerOptimizerSpec,
+    build_inner_optimizer,
+    grouped_inner_optimizer,
+)
 from metarch.models.groups import group_of
 from metarch.models.norm import (
     NormPolicy,
@@ -62,31 +67,6 @@ LrMode = Literal["fixed", "per_parameter", "per_layer_step"]
 
 # lr_mode -> the inner optimizer (metarch.meta.optim) it names.
 _LR_MODES = {"fixed": "sgd", "per_parameter": "meta_sgd", "per_layer_step": "per_layer_step"}
-
-
-def _grouped_inner_optimizer(
-    spec: str | Mapping[str, str | Mapping[str, Any]],
-    model: nn.Module,
-    adapted: Mapping[str, Tensor],
-    lr: float,
-    steps: int,
-) -> InnerOptimizer:
-    """One inner optimizer, or one per parameter group routed by the model's groups."""
-    if isinstance(spec, str):
-        return build_inner_optimizer(spec, adapted, lr, steps)
-    groups = {name: group_of(model, name) for name in adapted}
-    missing = sorted(set(groups.values()) - set(spec))
-    if missing:
-        raise ValueError(
-            f"inner_optimizer names no rule for parameter group(s) {', '.join(missing)} "
-            f"(groups of the adapted parameters: {', '.join(sorted(set(groups.values())))})"
-        )
-    rules: dict[str, InnerOptimizer] = {}
-    for group, rule in spec.items():
-        name, group_lr = (rule, lr) if isinstance(rule, str) else (rule["name"], rule.get("lr", lr))
-        members = {n: p for n, p in adapted.items() if groups[n] == group}
-        rules[group] = build_inner_optimizer(name, members, float(group_lr), steps)
-    return Partition(rules, groups.__getitem__)
 
 
 def _rename_old_rates(
@@ -153,7 +133,7 @@ class MAML(MetaLearner):
         query_chunk: PositiveInt = 2,
         task_threads: PositiveInt | None = None,
         loss: str = "cross_entropy",
-        inner_optimizer: str | dict[str, str | dict[str, Any]] | None = None,
+        inner_optimizer: InnerOptimizerSpec | None = None,
     ) -> None:
         super().__init__()
         self.task_loss = TASK_LOSSES.get(loss)
@@ -202,8 +182,9 @@ class MAML(MetaLearner):
                 "lr_mode and inner_optimizer both choose the inner update rule; set one of them"
             )
         else:
-            self.inner_optimizer = _grouped_inner_optimizer(
-                inner_optimizer, model, adapted, inner_lr, inner_steps
+            groups = {name: group_of(model, name) for name in adapted}
+            self.inner_optimizer = grouped_inner_optimizer(
+                inner_optimizer, groups, adapted, inner_lr, inner_steps
             )
         # Runs saved before inner optimizers kept learnable rates under "rates.rates.".
         self.register_load_state_dict_pre_hook(_rename_old_rates)

@@ -29,6 +29,7 @@ keeps state), and register a builder in :data:`INNER_OPTIMIZERS`.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
@@ -40,10 +41,12 @@ from metarch.registry import Registry
 
 __all__ = [
     "INNER_OPTIMIZERS",
+    "AddDecayedWeights",
     "Chain",
     "ClipByGlobalNorm",
     "Hyper",
     "InnerOptimizer",
+    "InnerOptimizerSpec",
     "LearnedRate",
     "OnSteps",
     "OptState",
@@ -55,6 +58,7 @@ __all__ = [
     "adam_second_moments",
     "apply_updates",
     "build_inner_optimizer",
+    "grouped_inner_optimizer",
     "route_by_pattern",
     "sgd",
     "with_adam_second_moments",
@@ -285,6 +289,33 @@ class ScaleByAdam(InnerOptimizer):
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"betas={self.betas}, eps={self.eps}, eps_root={self.eps_root}"
+
+
+class AddDecayedWeights(InnerOptimizer):
+    """Add ``weight_decay * params`` to the gradients (L2, chained before a rule).
+
+    Coupled L2 regularisation, as ``torch.optim.Adam``'s ``weight_decay``.
+    """
+
+    def __init__(self, weight_decay: float) -> None:
+        super().__init__()
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = weight_decay
+
+    def update(  # noqa: D102
+        self,
+        grads: Mapping[str, Tensor],
+        state: OptState,
+        params: Mapping[str, Tensor],
+        *,
+        step: int,
+        hyper: Hyper | None = None,
+    ) -> tuple[Params, OptState]:
+        return {n: g + self.weight_decay * params[n] for n, g in grads.items()}, state
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"weight_decay={self.weight_decay}"
 
 
 class ClipByGlobalNorm(InnerOptimizer):
@@ -518,8 +549,10 @@ def with_adam_second_moments(
 # -- builders ------------------------------------------------------------------------------
 
 
-def sgd(lr: float) -> InnerOptimizer:
+def sgd(lr: float, weight_decay: float = 0.0) -> InnerOptimizer:
     """Plain gradient descent with a fixed rate (MAML's inner loop)."""
+    if weight_decay:
+        return Chain(AddDecayedWeights(weight_decay), Scale(-lr))
     return Scale(-lr)
 
 
@@ -528,9 +561,17 @@ def adam(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     eps_root: float = 1e-20,
+    weight_decay: float = 0.0,
 ) -> InnerOptimizer:
-    """Differentiable Adam with a fixed rate (Reptile's inner loop uses ``beta1 = 0``)."""
-    return Chain(ScaleByAdam(betas, eps, eps_root), Scale(-lr))
+    """Differentiable Adam with a fixed rate.
+
+    Reptile's and MetaNAS's inner loops use ``beta1 = 0``; ``weight_decay`` is coupled L2,
+    as in ``torch.optim.Adam``.
+    """
+    scaled = [ScaleByAdam(betas, eps, eps_root), Scale(-lr)]
+    if weight_decay:
+        return Chain(AddDecayedWeights(weight_decay), *scaled)
+    return Chain(*scaled)
 
 
 def _learned(shape: RateShape) -> Callable[..., InnerOptimizer]:
@@ -543,15 +584,83 @@ def _learned(shape: RateShape) -> Callable[..., InnerOptimizer]:
 #: Inner optimizers by name. Every builder takes the adapted parameters, the (initial)
 #: rate and the number of inner steps, so a learner can build any of them the same way.
 INNER_OPTIMIZERS: Registry[Callable[..., InnerOptimizer]] = Registry("inner optimizer")
-INNER_OPTIMIZERS.add("sgd", lambda params, lr, steps=1: sgd(lr))
+
+
+def _sgd(
+    params: Mapping[str, Tensor], lr: float, steps: int = 1, *, weight_decay: float = 0.0
+) -> InnerOptimizer:
+    return sgd(lr, weight_decay)
+
+
+def _adam(
+    params: Mapping[str, Tensor],
+    lr: float,
+    steps: int = 1,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> InnerOptimizer:
+    return adam(lr, (float(betas[0]), float(betas[1])), eps, weight_decay=weight_decay)
+
+
+INNER_OPTIMIZERS.add("sgd", _sgd)
 INNER_OPTIMIZERS.add("meta_sgd", _learned("element"))
 INNER_OPTIMIZERS.add("per_tensor", _learned("tensor"))
 INNER_OPTIMIZERS.add("per_layer_step", _learned("tensor_step"))
-INNER_OPTIMIZERS.add("adam", lambda params, lr, steps=1: adam(lr))
+INNER_OPTIMIZERS.add("adam", _adam)
 
 
 def build_inner_optimizer(
-    name: str, params: Mapping[str, Tensor], lr: float, steps: int = 1
+    name: str, params: Mapping[str, Tensor], lr: float, steps: int = 1, **options: Any
 ) -> InnerOptimizer:
-    """The inner optimizer registered as ``name`` for the adapted ``params``."""
-    return INNER_OPTIMIZERS.get(name)(params, lr, steps=steps)
+    """The inner optimizer registered as ``name`` for the adapted ``params``.
+
+    Raises:
+        ValueError: For an option the rule does not take, naming those it does.
+    """
+    builder = INNER_OPTIMIZERS.get(name)
+    signature = inspect.signature(builder)
+    known = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"inner optimizer {name!r} takes no option {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
+    return builder(params, lr, steps=steps, **options)
+
+
+#: One rule for all adapted parameters (a name), or one per parameter group:
+#: ``{weights: sgd, architecture: {name: adam, lr: 0.005, betas: [0, 0.999]}}``.
+InnerOptimizerSpec = str | Mapping[str, str | Mapping[str, Any]]
+
+
+def grouped_inner_optimizer(
+    spec: InnerOptimizerSpec,
+    groups: Mapping[str, str],
+    params: Mapping[str, Tensor],
+    lr: float,
+    steps: int = 1,
+) -> InnerOptimizer:
+    """The inner optimizer of ``spec`` for ``params``, whose groups ``groups`` gives.
+
+    A group's rule is a name or ``{name: ..., lr: ..., <the rule's options>}``; ``lr``
+    defaults to ``lr``. Every group of the adapted parameters needs a rule.
+    """
+    if isinstance(spec, str):
+        return build_inner_optimizer(spec, params, lr, steps)
+    missing = sorted({groups[name] for name in params} - set(spec))
+    if missing:
+        raise ValueError(
+            f"inner_optimizer names no rule for parameter group(s) {', '.join(missing)} "
+            f"(groups of the adapted parameters: {', '.join(sorted(set(groups.values())))})"
+        )
+    rules: dict[str, InnerOptimizer] = {}
+    for group, rule in spec.items():
+        settings: dict[str, Any] = {"name": rule} if isinstance(rule, str) else dict(rule)
+        name = settings.pop("name")
+        group_lr = float(settings.pop("lr", lr))
+        members = {n: p for n, p in params.items() if groups[n] == group}
+        rules[group] = build_inner_optimizer(name, members, group_lr, steps, **settings)
+    return Partition(rules, dict(groups).__getitem__)

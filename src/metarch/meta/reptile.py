@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
@@ -83,9 +83,11 @@ from metarch.meta.optim import (
     OptState,
     adam,
     adam_second_moments,
+    grouped_inner_optimizer,
     sgd,
     with_adam_second_moments,
 )
+from metarch.models.groups import group_of
 from metarch.models.norm import BatchNormContext, NormPolicy, name_norm_layers
 from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -117,9 +119,14 @@ class Reptile(MetaLearner):
             Omniglot, 8 on mini-ImageNet).
         eval_steps: Inner steps in :meth:`adapt` (the paper: 50 on both).
         inner_optimizer: ``"adam"`` (the paper) or ``"sgd"`` (plain gradient descent, the
-            setting of the paper's analysis and the ``--sgd`` flag of its code).
-        betas: Adam's ``(beta1, beta2)``; the paper uses ``beta1 = 0``.
-        eps: Adam's epsilon.
+            setting of the paper's analysis), or one rule per parameter group of the model
+            (``{weights: {name: adam, betas: [0, 0.999]}, architecture: {name: adam, lr:
+            0.005, betas: [0, 0.999], weight_decay: 0.001}}``, MetaNAS's; see
+            :func:`~metarch.meta.optim.grouped_inner_optimizer`). The Adams of any rule
+            carry their state as ``adam_state`` says.
+        betas: Adam's ``(beta1, beta2)`` for ``inner_optimizer="adam"``; the paper uses
+            ``beta1 = 0``.
+        eps: Adam's epsilon for ``inner_optimizer="adam"``.
         inner_on: What the inner loop trains on during meta-training: ``"all"`` the task's
             support and query examples together (the paper samples one set of examples
             per task and trains on all of it), or ``"support"`` only. With ``"all"`` the
@@ -153,7 +160,7 @@ class Reptile(MetaLearner):
         inner_lr: PositiveFloat = 1e-3,
         steps: NonNegativeInt = 5,
         eval_steps: NonNegativeInt = 50,
-        inner_optimizer: ReptileOptimizer = "adam",
+        inner_optimizer: ReptileOptimizer | Mapping[str, str | Mapping[str, Any]] = "adam",
         betas: tuple[AdamBeta, AdamBeta] = (0.0, 0.999),
         eps: PositiveFloat = 1e-8,
         inner_on: InnerData = "all",
@@ -167,7 +174,8 @@ class Reptile(MetaLearner):
         task_threads: PositiveInt | None = 1,
     ) -> None:
         super().__init__()
-        _check_choice("inner_optimizer", inner_optimizer, ("adam", "sgd"))
+        if isinstance(inner_optimizer, str):
+            _check_choice("inner_optimizer", inner_optimizer, ("adam", "sgd"))
         _check_choice("inner_on", inner_on, ("support", "all"))
         _check_choice("adam_state", adam_state, ("carried", "sequential", "per_task"))
         _check_choice("batching", batching, ("auto", "loop", "batched"))
@@ -192,16 +200,26 @@ class Reptile(MetaLearner):
         # torch.optim.Adam-style betas may come as a mix of ints and floats, e.g. (0, 0.999).
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        self.inner_optimizer: InnerOptimizer = (
-            adam(self.inner_lr, self.betas, self.eps)
-            if inner_optimizer == "adam"
-            else sgd(self.inner_lr)
-        )
+        adapted = {name: model.get_parameter(name) for name in self.adapt_names}
+        self.inner_optimizer: InnerOptimizer
+        if inner_optimizer == "adam":
+            self.inner_optimizer = adam(self.inner_lr, self.betas, self.eps)
+        elif inner_optimizer == "sgd":
+            self.inner_optimizer = sgd(self.inner_lr)
+        else:
+            assert not isinstance(inner_optimizer, str)
+            groups = {name: group_of(model, name) for name in self.adapt_names}
+            self.inner_optimizer = grouped_inner_optimizer(
+                inner_optimizer, groups, adapted, self.inner_lr, steps
+            )
+        # The parameters whose Adam state is carried, in parameter order.
+        with_adam = adam_second_moments(self.inner_optimizer.init(adapted))
+        self._carried_names = [name for name in self.adapt_names if name in with_adam]
         self.inner_on: InnerData = inner_on
         self.inner_batch_size = inner_batch_size
         self.eval_batch_size = eval_batch_size
         self.task_loss = TASK_LOSSES.get(loss) if isinstance(loss, str) else loss
-        self.adam_state: AdamStateMode = adam_state if inner_optimizer == "adam" else "per_task"
+        self.adam_state: AdamStateMode = adam_state if self._carried_names else "per_task"
         self.batching: Batching = (
             "loop" if self.adam_state == "sequential" and batching == "auto" else batching
         )
@@ -218,7 +236,7 @@ class Reptile(MetaLearner):
             steps=eval_steps, first_order=True, norm_policy=NormPolicy.TASK
         )
         if self.carries_adam_state:
-            size = sum(model.get_parameter(name).numel() for name in self.adapt_names)
+            size = sum(model.get_parameter(name).numel() for name in self._carried_names)
             dtype = next(model.parameters()).dtype
             self.register_buffer(_SECOND_MOMENT, torch.zeros(size, dtype=dtype))
             self.register_buffer(_STEP, torch.zeros((), dtype=torch.int64))
@@ -237,13 +255,13 @@ class Reptile(MetaLearner):
         ones. The first moment is not carried: with the paper's ``beta1 = 0`` it is the
         last gradient anyway.
         """
-        state = self.inner_optimizer.init(params)
+        state = self.inner_optimizer.init({name: params[name] for name in self.adapt_names})
         if not self.carries_adam_state:
             return state
         second_moment: Tensor = getattr(self, _SECOND_MOMENT)
         offset = 0
         carried = {}
-        for name in self.adapt_names:
+        for name in self._carried_names:
             value = params[name]
             shape = self.model.get_parameter(name).shape
             size = math.prod(shape)
@@ -255,7 +273,7 @@ class Reptile(MetaLearner):
     def _store_state(self, second_moments: Params, count: int) -> None:
         """Carry ``second_moments`` (per parameter) and step ``count`` on to later tasks."""
         second_moment: Tensor = getattr(self, _SECOND_MOMENT)
-        flat = torch.cat([second_moments[name].reshape(-1) for name in self.adapt_names])
+        flat = torch.cat([second_moments[name].reshape(-1) for name in self._carried_names])
         second_moment.copy_(flat)
         getattr(self, _STEP).fill_(count)
 
