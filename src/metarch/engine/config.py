@@ -22,7 +22,7 @@ import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -126,7 +126,28 @@ class EpisodeConfig(_Strict):
     within_alphabet: bool = False
 
 
-class MethodConfig(_Strict):
+class _Registered(_Strict):
+    """A registered component by ``name`` and its ``options``, checked against its signature."""
+
+    _key: ClassVar[str]
+    _registry: ClassVar[Registry[Any]]
+    _skip: ClassVar[int]
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return _registered_name(f"{cls._key}.name", cls._registry, name)
+
+    @field_validator("options", check_fields=False)
+    @classmethod
+    def _validated(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" not in info.data:
+            return options  # an unknown name: its own error says so
+        target = cls._registry.get(info.data["name"])
+        return validated_options(f"{cls._key}.options", target, options, skip=cls._skip)
+
+
+class MethodConfig(_Registered):
     """The meta-learner and its options (checked against its constructor).
 
     Attributes:
@@ -135,24 +156,15 @@ class MethodConfig(_Strict):
             lists them).
     """
 
+    _key: ClassVar[str] = "method"
+    _registry: ClassVar[Registry[Any]] = META_LEARNERS
+    _skip: ClassVar[int] = 1  # the model the constructor takes first
+
     name: str = "protonet"
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        return _registered_name("method.name", META_LEARNERS, name)
 
-    @field_validator("options")
-    @classmethod
-    def _validated(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "name" not in info.data:
-            return options  # an unknown name: its own error says so
-        learner = META_LEARNERS.get(info.data["name"])
-        return validated_options("method.options", learner, options, skip=1)
-
-
-class ModelConfig(_Strict):
+class ModelConfig(_Registered):
     """The backbone and its options (checked against its factory).
 
     Attributes:
@@ -164,21 +176,13 @@ class ModelConfig(_Strict):
             numbers computed are the same up to float rounding.
     """
 
+    _key: ClassVar[str] = "model"
+    _registry: ClassVar[Registry[Any]] = MODELS
+    _skip: ClassVar[int] = 0
+
     name: str = "conv4"
     options: dict[str, Any] = Field(default_factory=dict)
     channels_last: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        return _registered_name("model.name", MODELS, name)
-
-    @field_validator("options")
-    @classmethod
-    def _validated(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        if "name" not in info.data:
-            return options
-        return validated_options("model.options", MODELS.get(info.data["name"]), options, skip=0)
 
 
 def _registered_name(key: str, registry: Registry[Any], name: str) -> str:
