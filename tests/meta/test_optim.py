@@ -353,7 +353,7 @@ def test_adam_state_is_found_and_replaced_through_any_nesting() -> None:
     state = rule.init(params)
     assert set(adam_second_moments(state)) == {"arch", "w"}
     carried = {"arch": torch.full((2,), 4.0, dtype=F64), "w": torch.full((3,), 9.0, dtype=F64)}
-    state = with_adam_second_moments(state, carried, count=7)
+    state = with_adam_second_moments(state, carried, counts=7)
     moments = adam_second_moments(state)
     assert all(torch.equal(moments[name], carried[name]) for name in carried)
     grads = {"arch": torch.ones(2, dtype=F64), "w": torch.ones(3, dtype=F64)}

@@ -178,13 +178,13 @@ def test_carried_adam_state_follows_adam_across_tasks(mode: str) -> None:
     expected = theta - torch.stack(adapted).mean(0)
     torch.testing.assert_close(model.theta.grad, expected, rtol=1e-12, atol=1e-15)
     state = learner.state_dict()
-    assert int(state["inner_adam_step"]) == (3 if mode == "sequential" else 1)
+    assert set(state["inner_adam_step"].tolist()) == {(3 if mode == "sequential" else 1)}
     torch.testing.assert_close(state["inner_adam_second_moment"], second_moment)
 
     # Adaptation reads the carried state and never changes it.
     learner.adapt(torch.zeros(1, 1, dtype=DTYPE), centres[:1])
     torch.testing.assert_close(learner.state_dict()["inner_adam_second_moment"], second_moment)
-    assert int(learner.state_dict()["inner_adam_step"]) == int(state["inner_adam_step"])
+    assert torch.equal(learner.state_dict()["inner_adam_step"], state["inner_adam_step"])
 
     # The state travels with the learner's state dict (checkpoints), and a state dict
     # saved before it existed still loads, starting from an empty state.
@@ -194,7 +194,7 @@ def test_carried_adam_state_follows_adam_across_tasks(mode: str) -> None:
     old = {k: v for k, v in state.items() if not k.startswith("inner_adam")}
     fresh = Reptile(Point(theta), inner_lr=lr, steps=1, eps=eps, loss=QUADRATIC)
     fresh.load_state_dict(old)
-    assert int(fresh.state_dict()["inner_adam_step"]) == 0
+    assert set(fresh.state_dict()["inner_adam_step"].tolist()) == {0}
 
 
 def test_gradients_are_added_to_existing_ones() -> None:
@@ -325,10 +325,10 @@ def test_meta_gradient_matches_fine_tuned_copies(batching: str, adam_state: str)
     state = learner.state_dict()
     if adam_state == "carried":
         torch.testing.assert_close(state["inner_adam_second_moment"], torch.stack(moments).mean(0))
-        assert int(state["inner_adam_step"]) == 4 + 3
+        assert set(state["inner_adam_step"].tolist()) == {4 + 3}
     elif adam_state == "sequential":
         torch.testing.assert_close(state["inner_adam_second_moment"], moments[-1])
-        assert int(state["inner_adam_step"]) == 4 + 3 * 3
+        assert set(state["inner_adam_step"].tolist()) == {4 + 3 * 3}
     else:
         assert "inner_adam_step" not in state
 

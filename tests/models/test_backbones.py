@@ -113,7 +113,9 @@ def test_registry() -> None:
     assert {"conv4", "conv4-strided", "resnet12"} <= set(MODELS.names())
     with pytest.raises(UnknownNameError, match="did you mean 'resnet12'") as info:
         create_model("resnet-12")
-    assert "known: conv4, conv4-strided, mlp, resnet12" in str(info.value)
+    assert "known: conv4, conv4-strided, metanas-genotype, metanas-search, mlp, resnet12" in str(
+        info.value
+    )
     assert isinstance(info.value, KeyError)
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "META_LEARNERS",
+    "ArchitecturePredictor",
     "MetaLearner",
     "MetaMetrics",
     "Predictor",
@@ -40,6 +41,23 @@ __all__ = [
 
 Predictor = Callable[[Tensor], Tensor]
 """Maps query inputs ``(M, ...)`` of one task to logits ``(M, ways)``."""
+
+
+@dataclass(frozen=True)
+class ArchitecturePredictor:
+    """A predictor that also names the architecture the task adapted to (NAS learners).
+
+    Attributes:
+        predict: Query inputs to logits.
+        architecture: The adapted architecture's canonical string in its search space.
+    """
+
+    predict: Predictor
+    architecture: str
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        """Logits of ``query_x``."""
+        return self.predict(query_x)
 
 
 @runtime_checkable
@@ -142,13 +160,18 @@ class MetaLearner(nn.Module, ABC):
         return metrics
 
     def evaluate(
-        self, batch: EpisodeBatch, augmentation: TestTimeAugmentation | None = None
+        self,
+        batch: EpisodeBatch,
+        augmentation: TestTimeAugmentation | None = None,
+        architectures: list[str] | None = None,
     ) -> Tensor:
         """Query accuracy of every task of ``batch`` after adapting to its support set.
 
         Args:
             batch: Episodes.
             augmentation: Test-time augmentation, keyed by each task's stream index.
+            architectures: Where to append the architecture each task adapted to, for
+                learners whose predictors name one (:class:`ArchitecturePredictor`).
 
         Returns:
             Accuracies in [0, 1], shape ``(T,)``.
@@ -162,6 +185,8 @@ class MetaLearner(nn.Module, ABC):
                 augmentation,
                 int(batch.task_indices[t]),
             )
+            if architectures is not None and isinstance(predictor, ArchitecturePredictor):
+                architectures.append(predictor.architecture)
             ways = int(batch.support_labels[t].max()) + 1
             with torch.no_grad():
                 # A head trained for more ways than the episode has: score its first ways.

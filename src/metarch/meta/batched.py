@@ -869,9 +869,12 @@ def batched_adapt(
             first_order=first_order,
             phase="support",
         )
+        names = [n for n in optimizer.updated(adapt, step) if current[n].requires_grad]
+        if not names:
+            trajectory.append(current)
+            continue
         logits = batched(current, step_x, context)
         loss = task_loss.per_task(logits, step_y).sum()
-        names = [n for n in adapt if current[n].requires_grad]
         # A parameter the forward does not use gets a zero gradient, not an error.
         grads = torch.autograd.grad(
             loss,

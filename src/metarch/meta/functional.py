@@ -245,7 +245,11 @@ def adapt_task(
     if state is None:
         state = optimizer.init({name: params[name] for name in adapt})
     for step in range(config.steps):
-        adapted = {name: current[name] for name in adapt}
+        # Only what the rule moves at this step is differentiated (DARTS alternates groups).
+        adapted = {name: current[name] for name in optimizer.updated(adapt, step)}
+        if not adapted:
+            trajectory.append(current)
+            continue
         frozen = {name: value for name, value in current.items() if name not in adapted}
         index = slice(None) if batches is None else batches[step]
         x, y = support_x[index], support_y[index]

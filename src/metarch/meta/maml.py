@@ -36,6 +36,7 @@ from metarch.meta.batched import (
     run_task_shards,
 )
 from metarch.meta.functional import (
+    Adaptation,
     InnerLoopConfig,
     Params,
     adapt_task,
@@ -45,6 +46,7 @@ from metarch.meta.functional import (
 from metarch.meta.losses import TASK_LOSSES
 from metarch.meta.optim import (
     Hyper,
+    InnerOptimizer,
     InnerOptimizerSpec,
     build_inner_optimizer,
     grouped_inner_optimizer,
@@ -133,7 +135,7 @@ class MAML(MetaLearner):
         query_chunk: PositiveInt = 2,
         task_threads: PositiveInt | None = None,
         loss: str = "cross_entropy",
-        inner_optimizer: InnerOptimizerSpec | None = None,
+        inner_optimizer: InnerOptimizerSpec | InnerOptimizer | None = None,
     ) -> None:
         super().__init__()
         self.task_loss = TASK_LOSSES.get(loss)
@@ -386,6 +388,12 @@ class MAML(MetaLearner):
     # -- adaptation --------------------------------------------------------------------
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:  # noqa: D102
+        training = self.training
+        adaptation = self.adapt_parameters(support_x, support_y)
+        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
+
+    def adapt_parameters(self, support_x: Tensor, support_y: Tensor) -> Adaptation:
+        """The inner loop of :meth:`adapt`: adapted parameters, optimizer state, buffers."""
         params = {name: p.detach() for name, p in self.model.named_parameters()}
         buffers = {name: b for name, b in self.model.named_buffers()}
         training = self.training
@@ -403,7 +411,7 @@ class MAML(MetaLearner):
                 task_loss=self.task_loss,
                 fused_norm=True,
             )
-        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
+        return adaptation
 
 
 class _MAMLVariant(MAML):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -56,6 +56,7 @@ __all__ = [
     "ScaleByAdam",
     "adam",
     "adam_second_moments",
+    "adam_step_counts",
     "apply_updates",
     "build_inner_optimizer",
     "grouped_inner_optimizer",
@@ -116,6 +117,14 @@ class InnerOptimizer(nn.Module, ABC):
             hyper: The rule's learnable hyper-parameters by their names in
                 ``named_parameters()`` (default: the module's own).
         """
+
+    def updated(self, names: Sequence[str], step: int) -> list[str]:
+        """Those of ``names`` this rule may move at inner step ``step`` (default: all).
+
+        An inner loop computes gradients for these only: the architecture step of first-order
+        DARTS needs no gradient of the weights, which stand still at that step.
+        """
+        return list(names)
 
     def hyper(self, hyper: Hyper | None) -> Hyper:
         """``hyper``, or the module's own parameters."""
@@ -438,6 +447,14 @@ class Partition(InnerOptimizer):
         assert isinstance(rule, InnerOptimizer)
         return rule
 
+    def updated(self, names: Sequence[str], step: int) -> list[str]:  # noqa: D102
+        moved = {
+            name
+            for group, members in self._groups(names).items()
+            for name in self._rule(group).updated(members, step)
+        }
+        return [name for name in names if name in moved]
+
     def init(self, params: Mapping[str, Tensor]) -> OptState:  # noqa: D102
         groups = self._groups(list(params))
         return {
@@ -491,6 +508,9 @@ class OnSteps(InnerOptimizer):
     def init(self, params: Mapping[str, Tensor]) -> OptState:  # noqa: D102
         return self.rule.init(params)
 
+    def updated(self, names: Sequence[str], step: int) -> list[str]:  # noqa: D102
+        return self.rule.updated(names, step) if self.active(step) else []
+
     def update(  # noqa: D102
         self,
         grads: Mapping[str, Tensor],
@@ -530,18 +550,42 @@ def adam_second_moments(state: OptState) -> Params:
     return found
 
 
+def adam_step_counts(state: OptState) -> dict[str, int]:
+    """The step count of the :class:`ScaleByAdam` that holds each parameter, by name.
+
+    Each Adam of a rule counts its own steps (an architecture Adam idle during a warm-up
+    has taken none while the weights' Adam took many), so a carried state keeps them apart.
+    """
+    if _is_adam_state(state):
+        return dict.fromkeys(state["v"], int(state["count"]))
+    found: dict[str, int] = {}
+    for value in state.values():
+        if isinstance(value, dict):
+            found.update(adam_step_counts(value))
+    return found
+
+
 def with_adam_second_moments(
-    state: OptState, moments: Mapping[str, Tensor], count: int
+    state: OptState, moments: Mapping[str, Tensor], counts: int | Mapping[str, int]
 ) -> OptState:
     """``state`` with its Adams' second moments replaced where ``moments`` names them.
 
-    Their step counts become ``count`` (see :func:`adam_second_moments`).
+    An Adam's step count becomes ``counts`` (one count for all), or the count
+    ``counts`` gives its parameters (see :func:`adam_step_counts`).
     """
     if _is_adam_state(state):
         replaced = {name: moments.get(name, v) for name, v in state["v"].items()}
+        count = state["count"]
+        if isinstance(counts, int):
+            count = counts
+        else:
+            known = [counts[name] for name in replaced if name in counts]
+            if len(set(known)) > 1:
+                raise ValueError(f"one Adam holds parameters with different step counts: {known}")
+            count = known[0] if known else count
         return {**state, "v": replaced, "count": count}
     return {
-        key: with_adam_second_moments(value, moments, count) if isinstance(value, dict) else value
+        key: with_adam_second_moments(value, moments, counts) if isinstance(value, dict) else value
         for key, value in state.items()
     }
 
@@ -637,17 +681,23 @@ InnerOptimizerSpec = str | Mapping[str, str | Mapping[str, Any]]
 
 
 def grouped_inner_optimizer(
-    spec: InnerOptimizerSpec,
+    spec: InnerOptimizerSpec | InnerOptimizer,
     groups: Mapping[str, str],
     params: Mapping[str, Tensor],
     lr: float,
     steps: int = 1,
+    active: Mapping[str, Callable[[int], bool]] | None = None,
 ) -> InnerOptimizer:
     """The inner optimizer of ``spec`` for ``params``, whose groups ``groups`` gives.
 
     A group's rule is a name or ``{name: ..., lr: ..., <the rule's options>}``; ``lr``
-    defaults to ``lr``. Every group of the adapted parameters needs a rule.
+    defaults to ``lr``. Every group of the adapted parameters needs a rule. A rule built
+    already (an :class:`InnerOptimizer`) is used as it is. ``active`` switches a group's
+    rule on only at the inner steps its predicate accepts (:class:`OnSteps`; first-order
+    DARTS alternates architecture and weight steps).
     """
+    if isinstance(spec, InnerOptimizer):
+        return spec
     if isinstance(spec, str):
         return build_inner_optimizer(spec, params, lr, steps)
     missing = sorted({groups[name] for name in params} - set(spec))
@@ -663,4 +713,6 @@ def grouped_inner_optimizer(
         group_lr = float(settings.pop("lr", lr))
         members = {n: p for n, p in params.items() if groups[n] == group}
         rules[group] = build_inner_optimizer(name, members, group_lr, steps, **settings)
+        if active is not None and group in active:
+            rules[group] = OnSteps(rules[group], active[group])
     return Partition(rules, dict(groups).__getitem__)

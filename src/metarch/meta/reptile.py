@@ -71,6 +71,7 @@ from metarch.meta.batched import (
     stack_for_tasks,
 )
 from metarch.meta.functional import (
+    Adaptation,
     InnerLoopConfig,
     Params,
     _forward,
@@ -83,6 +84,7 @@ from metarch.meta.optim import (
     OptState,
     adam,
     adam_second_moments,
+    adam_step_counts,
     grouped_inner_optimizer,
     sgd,
     with_adam_second_moments,
@@ -103,7 +105,8 @@ Batching = Literal["auto", "loop", "batched"]
 AdamBeta = Annotated[float, Interval(ge=0, lt=1)]
 
 # Buffers of the carried inner Adam state (see the module docstring): the second moment of
-# every parameter, flattened in ``named_parameters`` order, and the step count.
+# every parameter, flattened in ``named_parameters`` order, and the step count of the Adam
+# that holds each parameter (an architecture's Adam may have run fewer steps).
 _SECOND_MOMENT = "inner_adam_second_moment"
 _STEP = "inner_adam_step"
 
@@ -122,8 +125,8 @@ class Reptile(MetaLearner):
             setting of the paper's analysis), or one rule per parameter group of the model
             (``{weights: {name: adam, betas: [0, 0.999]}, architecture: {name: adam, lr:
             0.005, betas: [0, 0.999], weight_decay: 0.001}}``, MetaNAS's; see
-            :func:`~metarch.meta.optim.grouped_inner_optimizer`). The Adams of any rule
-            carry their state as ``adam_state`` says.
+            :func:`~metarch.meta.optim.grouped_inner_optimizer`), or a rule built already.
+            The Adams of any rule carry their state as ``adam_state`` says.
         betas: Adam's ``(beta1, beta2)`` for ``inner_optimizer="adam"``; the paper uses
             ``beta1 = 0``.
         eps: Adam's epsilon for ``inner_optimizer="adam"``.
@@ -160,7 +163,9 @@ class Reptile(MetaLearner):
         inner_lr: PositiveFloat = 1e-3,
         steps: NonNegativeInt = 5,
         eval_steps: NonNegativeInt = 50,
-        inner_optimizer: ReptileOptimizer | Mapping[str, str | Mapping[str, Any]] = "adam",
+        inner_optimizer: ReptileOptimizer
+        | Mapping[str, str | Mapping[str, Any]]
+        | InnerOptimizer = "adam",
         betas: tuple[AdamBeta, AdamBeta] = (0.0, 0.999),
         eps: PositiveFloat = 1e-8,
         inner_on: InnerData = "all",
@@ -207,7 +212,7 @@ class Reptile(MetaLearner):
         elif inner_optimizer == "sgd":
             self.inner_optimizer = sgd(self.inner_lr)
         else:
-            assert not isinstance(inner_optimizer, str)
+            assert not isinstance(inner_optimizer, str)  # narrowed for mypy
             groups = {name: group_of(model, name) for name in self.adapt_names}
             self.inner_optimizer = grouped_inner_optimizer(
                 inner_optimizer, groups, adapted, self.inner_lr, steps
@@ -239,7 +244,8 @@ class Reptile(MetaLearner):
             size = sum(model.get_parameter(name).numel() for name in self._carried_names)
             dtype = next(model.parameters()).dtype
             self.register_buffer(_SECOND_MOMENT, torch.zeros(size, dtype=dtype))
-            self.register_buffer(_STEP, torch.zeros((), dtype=torch.int64))
+            steps_taken = torch.zeros(len(self._carried_names), dtype=torch.int64)
+            self.register_buffer(_STEP, steps_taken)
 
     @property
     def carries_adam_state(self) -> bool:
@@ -268,14 +274,16 @@ class Reptile(MetaLearner):
             part = second_moment[offset : offset + size].view(shape)
             carried[name] = part.expand_as(value).clone() if value.dim() > len(shape) else part
             offset += size
-        return with_adam_second_moments(state, carried, int(getattr(self, _STEP)))
+        counts = dict(zip(self._carried_names, getattr(self, _STEP).tolist(), strict=True))
+        return with_adam_second_moments(state, carried, counts)
 
-    def _store_state(self, second_moments: Params, count: int) -> None:
-        """Carry ``second_moments`` (per parameter) and step ``count`` on to later tasks."""
+    def _store_state(self, second_moments: Params, counts: Mapping[str, int]) -> None:
+        """Carry ``second_moments`` and step ``counts`` (per parameter) on to later tasks."""
         second_moment: Tensor = getattr(self, _SECOND_MOMENT)
         flat = torch.cat([second_moments[name].reshape(-1) for name in self._carried_names])
         second_moment.copy_(flat)
-        getattr(self, _STEP).fill_(count)
+        steps_taken = [counts[name] for name in self._carried_names]
+        getattr(self, _STEP).copy_(torch.tensor(steps_taken, dtype=torch.int64))
 
     def _load_from_state_dict(
         self,
@@ -288,7 +296,11 @@ class Reptile(MetaLearner):
         error_msgs: list[str],
     ) -> None:
         # Checkpoints written before the carried Adam state existed lack its buffers: they
-        # keep their initial (empty) state, which is what such runs trained with.
+        # keep their initial (empty) state, which is what such runs trained with. Those
+        # written before counts were kept per parameter hold one count for all.
+        old_count = state_dict.get(prefix + _STEP)
+        if isinstance(old_count, Tensor) and old_count.dim() == 0 and self._carried_names:
+            state_dict[prefix + _STEP] = old_count.expand(len(self._carried_names)).clone()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -324,16 +336,14 @@ class Reptile(MetaLearner):
                 self.batching = "loop"
         if self.batching == "loop":
             result = self._adapt_loop(meta, x, y, batch, batches)
-        adapted_sum, losses, scores, second_moments = result
+        adapted_sum, losses, scores, carried = result
         tasks = batch.num_tasks
         if self.carries_adam_state:
-            assert second_moments is not None
+            assert carried is not None
+            second_moments, counts = carried
             if self.adam_state == "carried":
                 second_moments = {n: v / tasks for n, v in second_moments.items()}
-            count = int(getattr(self, _STEP)) + self.steps * (
-                tasks if self.adam_state == "sequential" else 1
-            )
-            self._store_state(second_moments, count)
+            self._store_state(second_moments, counts)
         for name, theta in self.model.named_parameters():
             if not theta.requires_grad:
                 continue
@@ -353,6 +363,7 @@ class Reptile(MetaLearner):
         buffers = dict(self.model.named_buffers())
         adapted_sum: Params = {name: torch.zeros_like(p) for name, p in meta.items()}
         second_moments: Params | None = None
+        counts: dict[str, int] = {}
         losses = scores = 0.0
         state = self._start_state(meta)
         for t in range(batch.num_tasks):
@@ -380,6 +391,8 @@ class Reptile(MetaLearner):
                 adapted_sum[name] += value
             if self.carries_adam_state:
                 v = adam_second_moments(state)
+                # Carried: every task took the same steps from the same start.
+                counts = adam_step_counts(state)
                 if self.adam_state == "sequential" or second_moments is None:
                     second_moments = {n: t_.detach().clone() for n, t_ in v.items()}
                 else:
@@ -390,7 +403,8 @@ class Reptile(MetaLearner):
                 outputs = _forward(self.model, adapted, buffers, batch.query_x[t], context)
                 losses += float(self.task_loss.loss(outputs, batch.query_y[t]))
                 scores += float(self.task_loss.score(outputs, batch.query_y[t]))
-        return adapted_sum, losses, scores, second_moments
+        carried = None if second_moments is None else (second_moments, counts)
+        return adapted_sum, losses, scores, carried
 
     def _adapt_batched(
         self,
@@ -411,6 +425,7 @@ class Reptile(MetaLearner):
         def shard(first: int, end: int) -> _Adapted:
             adapted_sum: Params = {name: torch.zeros_like(p) for name, p in meta.items()}
             second_moments: Params = {}
+            counts: dict[str, int] = {}
             losses = scores = 0.0
             for g0 in range(first, end, self.support_group):
                 g1 = min(end, g0 + self.support_group)
@@ -436,6 +451,7 @@ class Reptile(MetaLearner):
                 for name, value in adapted.items():
                     adapted_sum[name] += value.sum(dim=0)
                 if self.carries_adam_state:
+                    counts = adam_step_counts(state)
                     for name, v in adam_second_moments(state).items():
                         part = v.detach().sum(dim=0)
                         previous = second_moments.get(name)
@@ -451,18 +467,20 @@ class Reptile(MetaLearner):
                         targets = batch.query_y[c0:c1]
                         losses += float(self.task_loss.per_task(outputs, targets).sum())
                         scores += float(self.task_loss.score(outputs, targets).sum())
-            return adapted_sum, losses, scores, second_moments if self.carries_adam_state else None
+            carried = (second_moments, counts) if self.carries_adam_state else None
+            return adapted_sum, losses, scores, carried
 
         threads = self.task_threads or torch.get_num_threads()
         done = [result for _, _, result in run_task_shards(batch.num_tasks, threads, shard)]
-        total, losses, scores, second_moments = done[0]
-        for part, part_losses, part_scores, part_moments in done[1:]:
+        total, losses, scores, carried = done[0]
+        for part, part_losses, part_scores, part_carried in done[1:]:
             total = {n: total[n] + part[n] for n in total}
-            if second_moments is not None and part_moments is not None:
-                second_moments = {n: v + part_moments[n] for n, v in second_moments.items()}
+            if carried is not None and part_carried is not None:
+                moments = {n: v + part_carried[0][n] for n, v in carried[0].items()}
+                carried = (moments, carried[1])
             losses += part_losses
             scores += part_scores
-        return total, losses, scores, second_moments
+        return total, losses, scores, carried
 
     # -- adaptation --------------------------------------------------------------------
 
@@ -484,6 +502,12 @@ class Reptile(MetaLearner):
         Adam state is read, never changed.
         """
         training = self.training
+        adaptation = self.adapt_parameters(support_x, support_y)
+        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
+
+    def adapt_parameters(self, support_x: Tensor, support_y: Tensor) -> Adaptation:
+        """The inner loop of :meth:`adapt`: adapted parameters, optimizer state, buffers."""
+        training = self.training
         meta = {name: p.detach() for name, p in self.model.named_parameters()}
         batches = _draw_mini_batches(
             1, len(support_x), self.eval_batch_size, self.eval_steps, support_x.device
@@ -504,11 +528,12 @@ class Reptile(MetaLearner):
                 state=self._start_state(meta),
                 batches=None if batches is None else [b[0] for b in batches],
             )
-        return adapted_predictor(self.model, adaptation, self.eval_config, training=training)
+        return adaptation
 
 
-#: Sum of adapted parameters, summed query losses and scores, summed (or last) second moments.
-_Adapted = tuple[Params, float, float, "Params | None"]
+#: Sum of adapted parameters, summed query losses and scores, and the inner Adam state to
+#: carry on: summed (or the last task's) second moments and the step counts.
+_Adapted = tuple[Params, float, float, "tuple[Params, dict[str, int]] | None"]
 
 
 def _check_choice(option: str, value: object, choices: Sequence[str]) -> None:

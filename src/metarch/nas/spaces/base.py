@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor, nn
 
@@ -27,6 +27,7 @@ __all__ = [
     "ArchitectureCost",
     "ArchitectureError",
     "Classifier",
+    "Relaxation",
     "SearchSpace",
     "create_space",
 ]
@@ -144,6 +145,26 @@ class SearchSpace(ABC, Generic[A]):
             flops=flops_per_image(network, self.input_shape),
             input_shape=self.input_shape,
         )
+
+
+@runtime_checkable
+class Relaxation(Protocol):
+    """What gradient-based search (MetaNAS) needs of a space's continuous relaxation.
+
+    Attributes:
+        skip_below: Operations whose weight is at most this are not run.
+    """
+
+    skip_below: float
+
+    def prune(self, threshold: float, temperature: float = 1.0) -> int:
+        """Remove operations weighing less than ``threshold`` at ``temperature``; how many."""
+
+    def genotype(self, architecture: Mapping[str, Tensor] | None = None) -> Any:
+        """The discrete architecture the (given, else own) architecture parameters choose."""
+
+    def search_space(self, input_shape: tuple[int, int, int] | None = None) -> SearchSpace[Any]:
+        """The space relaxed, for images of ``input_shape`` (default: the space's own)."""
 
 
 SEARCH_SPACES: Registry[type[SearchSpace[Any]]] = Registry("search space")

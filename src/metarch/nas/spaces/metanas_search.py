@@ -8,7 +8,11 @@ are the network's architecture parameters (group ``architecture``), one set for 
 and one for reduction cells, shared by all cells of a kind. ``T`` is the forward
 context's temperature (:mod:`metarch.models.context`), so an inner loop can anneal it
 step by step. An operation or pair whose weight is at most ``skip_below`` is not run: it
-contributes nothing (MetaNAS's threshold; 0 runs everything).
+contributes nothing (MetaNAS's threshold; 0 runs everything). :meth:`~MetaNASSearchNetwork.prune`
+removes weak operations from the meta-architecture for good: a pruned operation's weight is
+exactly 0 (its logit is masked to ``-inf``, so no gradient reaches it either). Drop-path
+(MetaNAS: 0.2 in meta-training) zeroes each operation's output for random samples in the
+support passes of training mode.
 
 The forward is written once against an *executor* (how to read a parameter, run a child
 module, weight an output, concatenate): plainly for one task, and on the task-grouped
@@ -23,8 +27,8 @@ the largest ``beta``, on each of its two edges the operation with the largest ``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +44,15 @@ from metarch.models.context import current_context
 from metarch.models.groups import ARCHITECTURE, WEIGHTS
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.ops import FEW_SHOT_OPERATIONS, FactorizedReduce, ReLUConvBN, create_operation
-from metarch.nas.spaces.metanas import CELL_TYPES, NODES, CellGenotype, Genotype, NodeGenotype
+from metarch.nas.spaces.base import SearchSpace
+from metarch.nas.spaces.metanas import (
+    CELL_TYPES,
+    NODES,
+    CellGenotype,
+    Genotype,
+    MetaNASSpace,
+    NodeGenotype,
+)
 
 __all__ = ["MetaNASSearchNetwork", "input_pairs"]
 
@@ -60,6 +72,8 @@ class _Executor(Protocol):
     def concat(self, tensors: list[Tensor]) -> Tensor: ...
 
     def needed(self, weight: Tensor, threshold: float) -> bool: ...
+
+    def drop_path(self, x: Tensor, probability: float) -> Tensor: ...
 
 
 class _OneTask:
@@ -88,6 +102,10 @@ class _OneTask:
     def needed(self, weight: Tensor, threshold: float) -> bool:
         return bool(weight > threshold)
 
+    def drop_path(self, x: Tensor, probability: float) -> Tensor:
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1.0 - probability)
+        return x * keep / (1.0 - probability)
+
 
 class _TaskGrouped:
     """The forward of ``T`` tasks at once on the task-batched engine's grouped layout."""
@@ -113,6 +131,14 @@ class _TaskGrouped:
 
     def needed(self, weight: Tensor, threshold: float) -> bool:
         return bool((weight > threshold).any())
+
+    def drop_path(self, x: Tensor, probability: float) -> Tensor:
+        # One draw per (sample, task), as every task's own forward would make.
+        tasks = self.context.tasks
+        per_task = x.unflatten(1, (tasks, x.shape[1] // tasks))
+        keep = x.new_empty(x.shape[0], tasks, *([1] * (x.dim() - 1))).bernoulli_(1.0 - probability)
+        dropped: Tensor = (per_task * keep / (1.0 - probability)).flatten(1, 2)
+        return dropped
 
 
 class SearchCell(nn.Module):
@@ -160,6 +186,9 @@ class MetaNASSearchNetwork(nn.Module):
         skip_below: Operations and input pairs whose weight is at most this are not run
             (MetaNAS: 0.01 in meta-training, 0.05 in meta-testing).
         init_scale: Architecture parameters start as ``init_scale * N(0, 1)``.
+        drop_path: Probability that an operation's output is zeroed for a sample in a
+            support pass of training mode (MetaNAS: 0.2 in meta-training; identities are
+            never dropped). Outputs kept are scaled by ``1 / (1 - drop_path)``.
     """
 
     def __init__(
@@ -172,9 +201,17 @@ class MetaNASSearchNetwork(nn.Module):
         stem_multiplier: int = 3,
         skip_below: float = 0.0,
         init_scale: float = 1e-3,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= skip_below < 1.0:
+            raise ValueError(f"skip_below must lie in [0, 1), got {skip_below}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must lie in [0, 1), got {drop_path}")
         self.skip_below = skip_below
+        self.drop_path = drop_path
+        self.channels = channels
+        self.in_channels = in_channels
         stem = stem_multiplier * channels
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), MetaBatchNorm2d(stem)
@@ -196,6 +233,7 @@ class MetaNASSearchNetwork(nn.Module):
             previous_previous, previous = previous, NODES * channels
             reduction_before = reduction
         self.out_features = previous
+        self.num_cells = cells
         operations = len(FEW_SHOT_OPERATIONS)
         for kind in CELL_TYPES:
             self.register_module(
@@ -212,10 +250,66 @@ class MetaNASSearchNetwork(nn.Module):
                     for node in range(NODES)
                 ),
             )
+            for node in range(NODES):
+                # Operations still in the meta-architecture (see prune()).
+                self.register_buffer(
+                    _kept_name(kind, node), torch.ones(node + 2, operations, dtype=torch.bool)
+                )
 
     def parameter_group(self, name: str) -> str:
         """``architecture`` for the operation and input weights, ``weights`` otherwise."""
         return ARCHITECTURE if name.startswith(("alpha_", "beta_")) else WEIGHTS
+
+    def search_space(self, input_shape: tuple[int, int, int] | None = None) -> SearchSpace[Any]:
+        """The discrete space this network relaxes, for images of ``input_shape``."""
+        return MetaNASSpace(
+            channels=self.channels,
+            cells=self.num_cells,
+            in_channels=self.in_channels,
+            **({} if input_shape is None else {"image_size": input_shape[1]}),
+        )
+
+    def _logits(self, kind: str, node: int, alpha: Tensor) -> Tensor:
+        """Operation logits with pruned operations at ``-inf`` (weight exactly 0)."""
+        kept: Tensor = getattr(self, _kept_name(kind, node))
+        if bool(kept.all()):
+            return alpha
+        masked: Tensor = alpha.masked_fill(~kept, float("-inf"))
+        return masked
+
+    @torch.no_grad()
+    def prune(self, threshold: float, temperature: float = 1.0) -> int:
+        """Remove operations whose weight ``softmax(alpha / temperature)`` is below ``threshold``.
+
+        MetaNAS prunes the meta-architecture every few thousand meta-iterations at the final
+        temperature of the inner loop, with threshold 0.01. The strongest operation of each
+        edge always stays (a weight below ``1 / 7`` cannot be the largest), so every edge
+        keeps a valid distribution.
+
+        Returns:
+            The number of operations removed now.
+        """
+        removed = 0
+        for kind in CELL_TYPES:
+            for node in range(NODES):
+                alpha = self.get_parameter(f"alpha_{kind}.{node}")
+                weights = torch.softmax(self._logits(kind, node, alpha) / temperature, -1)
+                kept: Tensor = getattr(self, _kept_name(kind, node))
+                weak = kept & (weights < threshold)
+                # Never every operation of an edge (only possible for threshold > 1/7).
+                strongest = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1])
+                weak &= ~strongest.bool()
+                removed += int(weak.sum())
+                kept &= ~weak
+        return removed
+
+    def kept_operations(self) -> int:
+        """Operations still in the meta-architecture (all edges of both cell types)."""
+        return sum(
+            int(getattr(self, _kept_name(kind, node)).sum())
+            for kind in CELL_TYPES
+            for node in range(NODES)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(N, NODES * C)`` of images ``(N, C_in, H, W)``."""
@@ -223,11 +317,17 @@ class MetaNASSearchNetwork(nn.Module):
 
     def compute(self, x: Tensor, executor: _Executor) -> Tensor:
         """The forward, run by ``executor`` (one task, or task-grouped)."""
-        temperature = current_context().current_temperature
+        context = current_context()
+        temperature = context.current_temperature
+        dropping = self.drop_path if self.training and context.phase == "support" else 0.0
         weights = {
             kind: [
                 (
-                    torch.softmax(executor.parameter(f"alpha_{kind}.{node}") / temperature, -1),
+                    torch.softmax(
+                        self._logits(kind, node, executor.parameter(f"alpha_{kind}.{node}"))
+                        / temperature,
+                        -1,
+                    ),
                     torch.softmax(executor.parameter(f"beta_{kind}.{node}") / temperature, -1),
                 )
                 for node in range(NODES)
@@ -238,7 +338,7 @@ class MetaNASSearchNetwork(nn.Module):
         for index, cell in enumerate(self.cells):
             assert isinstance(cell, SearchCell)
             kind = "reduce" if cell.reduction else "normal"
-            out = self._cell(f"cells.{index}", cell, s0, s1, weights[kind], executor)
+            out = self._cell(f"cells.{index}", cell, s0, s1, weights[kind], executor, dropping)
             s0, s1 = s1, out
         pooled = s1.mean(dim=(2, 3))
         return pooled
@@ -251,6 +351,7 @@ class MetaNASSearchNetwork(nn.Module):
         s1: Tensor,
         weights: list[tuple[Tensor, Tensor]],
         executor: _Executor,
+        dropping: float,
     ) -> Tensor:
         states = [executor.run(f"{name}.preprocess0", s0), executor.run(f"{name}.preprocess1", s1)]
         # Nodes of a reduction cell are at the reduced size (3x3 windows, stride 2, pad 1).
@@ -272,6 +373,7 @@ class MetaNASSearchNetwork(nn.Module):
                     states[source],
                     executor,
                     nothing,
+                    dropping,
                 )
                 for source in sources
             }
@@ -290,6 +392,7 @@ class MetaNASSearchNetwork(nn.Module):
         x: Tensor,
         executor: _Executor,
         nothing: Callable[[], Tensor],
+        dropping: float,
     ) -> Tensor:
         """One edge's mixed operation: its operations' outputs weighted by ``alpha``."""
         total: Tensor | None = None
@@ -297,7 +400,10 @@ class MetaNASSearchNetwork(nn.Module):
             weight = self._kept(alpha[..., op])
             if not executor.needed(weight, self.skip_below):
                 continue
-            out = executor.weighted(executor.run(f"{name}.{op}", x), weight)
+            out = executor.run(f"{name}.{op}", x)
+            if dropping and not isinstance(self.get_submodule(f"{name}.{op}"), nn.Identity):
+                out = executor.drop_path(out, dropping)
+            out = executor.weighted(out, weight)
             total = out if total is None else total + out
         return total if total is not None else nothing()
 
@@ -308,24 +414,37 @@ class MetaNASSearchNetwork(nn.Module):
         return weight * (weight > self.skip_below)
 
     @torch.no_grad()
-    def genotype(self) -> Genotype:
+    def genotype(self, architecture: Mapping[str, Tensor] | None = None) -> Genotype:
         """The discrete architecture the architecture parameters choose.
 
         Per node the input pair with the largest ``beta`` and, on each of its two edges, the
-        operation with the largest ``alpha`` (as MetaNAS derives it).
+        (unpruned) operation with the largest ``alpha`` (as MetaNAS derives it).
+
+        Args:
+            architecture: Architecture parameters by their names in this module
+                (``alpha_normal.0``, ...), e.g. a task's adapted ones; default: its own.
         """
+        own = _OneTask(self)
+
+        def read(name: str) -> Tensor:
+            return architecture[name] if architecture is not None else own.parameter(name)
+
         cells: dict[str, CellGenotype] = {}
         for kind in CELL_TYPES:
             nodes: list[NodeGenotype] = []
             for node in range(NODES):
-                alpha = _OneTask(self).parameter(f"alpha_{kind}.{node}")
-                beta = _OneTask(self).parameter(f"beta_{kind}.{node}")
+                alpha = self._logits(kind, node, read(f"alpha_{kind}.{node}"))
+                beta = read(f"beta_{kind}.{node}")
                 a, b = input_pairs(node)[int(beta.argmax())]
                 first = (FEW_SHOT_OPERATIONS[int(alpha[a].argmax())], a)
                 second = (FEW_SHOT_OPERATIONS[int(alpha[b].argmax())], b)
                 nodes.append((first, second))
             cells[kind] = tuple(nodes)
         return Genotype(cells["normal"], cells["reduce"])
+
+
+def _kept_name(kind: str, node: int) -> str:
+    return f"kept_{kind}_{node}"
 
 
 def _run_search_network(

@@ -1,0 +1,10 @@
+"""Architecture search methods, one module each; meta-learners register in META_LEARNERS.
+
+metanas.py   MetaNAS: a relaxed cell space whose weights and architecture are
+meta-learned together (Reptile, first- or second-order MAML) and adapted
+to each task by first-order DARTS
+"""
+
+from metarch.nas.methods.metanas import ArchitectureSchedule, MetaNAS
+
+__all__ = ["ArchitectureSchedule", "MetaNAS"]
