@@ -21,6 +21,7 @@ from metarch.cli import config as config_commands
 from metarch.cli import data as data_commands
 from metarch.cli import demo as demo_command
 from metarch.cli import evaluate as evaluate_command
+from metarch.cli import nas as nas_commands
 from metarch.cli import train as train_command
 from metarch.errors import MetarchError
 from metarch.utils.io import describe_os_error, describe_unicode_error
@@ -28,8 +29,8 @@ from metarch.utils.io import describe_os_error, describe_unicode_error
 __all__ = ["app", "main"]
 
 DESCRIPTION = (
-    "Few-shot episodic data, meta-learners and a meta-training engine: the groundwork "
-    "of meta-learned architecture design."
+    "Few-shot episodic data, meta-learners, a meta-training engine and MetaNAS: "
+    "architectures meta-learned with their weights and adapted to each task."
 )
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app = typer.Typer(
 )
 app.add_typer(data_commands.app, name="data")
 app.add_typer(config_commands.app, name="config")
+app.add_typer(nas_commands.app, name="nas")
 app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
 app.command("evaluate")(evaluate_command.evaluate)

@@ -143,3 +143,15 @@ def evaluate(
         f"accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}% (95% CI; "
         f"{model.checkpoint}, step {model.step})"
     )
+    found = result.architectures
+    if found is not None:
+        typer.echo(
+            f"adapted architectures ({found.space} space): {found.distinct} distinct in "
+            f"{result.episodes} tasks; meta-architecture {found.meta_architecture}"
+        )
+        for share in found.most_frequent:
+            typer.echo(
+                f"  {share.tasks:>5} tasks, accuracy {share.accuracy:.2f}%, "
+                f"{share.parameters:,} parameters, {share.flops / 1e6:.1f} MFLOPs: "
+                f"{share.architecture}"
+            )

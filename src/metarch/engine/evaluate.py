@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from metarch.engine.config import TrainConfig, load_config
 from metarch.errors import ConfigError, DataError, EpisodeError
 from metarch.meta.base import MetaLearner
 from metarch.meta.test_time import TestTimeAugmentation, adapt_task_with
+from metarch.nas.methods.metanas import MetaNAS
 
 __all__ = [
+    "AdaptedArchitectures",
+    "ArchitectureShare",
     "EvaluationResult",
     "TrainedModel",
     "check_state_fits",
@@ -47,6 +51,61 @@ def _finite(value: float) -> float | None:
 
 
 @dataclass(frozen=True)
+class ArchitectureShare:
+    """One architecture the tasks adapted to, how often, and what its network costs.
+
+    Attributes:
+        architecture: Its canonical string in the search space.
+        tasks: Tasks that adapted to it.
+        accuracy: Their mean query accuracy, in percent.
+        parameters: Trainable parameters of its discrete network (with the head).
+        flops: Its FLOPs per image.
+    """
+
+    architecture: str
+    tasks: int
+    accuracy: float
+    parameters: int
+    flops: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, by name."""
+        return {
+            "architecture": self.architecture,
+            "tasks": self.tasks,
+            "accuracy": _finite(self.accuracy),
+            "parameters": self.parameters,
+            "flops": self.flops,
+        }
+
+
+@dataclass(frozen=True)
+class AdaptedArchitectures:
+    """The architectures the evaluated tasks adapted to (architecture-search learners).
+
+    Attributes:
+        space: The search space's registered name.
+        distinct: How many different architectures the tasks chose.
+        most_frequent: The most frequent ones, most frequent first.
+        meta_architecture: The architecture the meta-parameters themselves choose.
+    """
+
+    space: str
+    distinct: int
+    most_frequent: tuple[ArchitectureShare, ...]
+    meta_architecture: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, by name."""
+        return {
+            "space": self.space,
+            "distinct": self.distinct,
+            "most_frequent": [share.to_json() for share in self.most_frequent],
+            "meta_architecture": self.meta_architecture,
+        }
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     """Mean accuracy over episodes with its 95% confidence interval.
 
@@ -54,19 +113,65 @@ class EvaluationResult:
         accuracy: Mean query accuracy, in percent.
         ci95: Half-width of the 95% confidence interval of the mean, in percent.
         episodes: Number of episodes.
+        architectures: What the tasks adapted to, for learners that adapt architectures.
     """
 
     accuracy: float
     ci95: float
     episodes: int
+    architectures: AdaptedArchitectures | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``; ``null`` for a non-number."""
-        return {
+        """``{"accuracy": ..., "ci95": ..., "episodes": ...}``; ``null`` for a non-number.
+
+        With ``"architectures"`` for learners that adapt architectures.
+        """
+        result: dict[str, Any] = {
             "accuracy": _finite(self.accuracy),
             "ci95": _finite(self.ci95),
             "episodes": self.episodes,
         }
+        if self.architectures is not None:
+            result["architectures"] = self.architectures.to_json()
+        return result
+
+
+def summarize_architectures(
+    learner: MetaLearner,
+    architectures: Sequence[str],
+    accuracies: torch.Tensor,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    top: int = 5,
+) -> AdaptedArchitectures | None:
+    """What the tasks adapted to: distinct count, the ``top`` most frequent with costs.
+
+    ``None`` for learners that do not adapt architectures.
+    """
+    if not isinstance(learner, MetaNAS) or len(architectures) != len(accuracies):
+        return None
+    space = learner.space(input_shape)
+    counts = Counter(architectures)
+    shares = []
+    for architecture, tasks in counts.most_common(top):
+        chosen = [i for i, a in enumerate(architectures) if a == architecture]
+        cost = space.cost(space.decode(architecture), num_classes=num_classes)
+        shares.append(
+            ArchitectureShare(
+                architecture=architecture,
+                tasks=tasks,
+                accuracy=float(accuracies[chosen].double().mean() * 100.0),
+                parameters=cost.parameters,
+                flops=cost.flops,
+            )
+        )
+    return AdaptedArchitectures(
+        space=space.registered_name,
+        distinct=len(counts),
+        most_frequent=tuple(shares),
+        meta_architecture=learner.meta_architecture(),
+    )
 
 
 def evaluate_learner(
@@ -96,22 +201,33 @@ def evaluate_learner(
     was_training = learner.training
     learner.eval()
     accuracies = []
+    architectures: list[str] = []
     try:
         done = 0
         for start in range(0, episodes, batch):
             indices = list(range(start, min(start + batch, episodes)))
-            accuracies.append(learner.evaluate(sampler.tasks(indices), augmentation))
+            tasks = sampler.tasks(indices)
+            accuracies.append(learner.evaluate(tasks, augmentation, architectures))
             done += len(indices)
             if progress is not None:
                 progress(done, episodes)
     finally:
         learner.train(was_training)
-    values = torch.cat(accuracies).double() * 100.0
+    per_task = torch.cat(accuracies)
+    values = per_task.double() * 100.0
     std = float(values.std(unbiased=True)) if len(values) > 1 else 0.0
+    summary = summarize_architectures(
+        learner,
+        architectures,
+        per_task,
+        input_shape=tuple(tasks.support_images.shape[-3:]),  # type: ignore[arg-type]
+        num_classes=sampler.ways,
+    )
     return EvaluationResult(
         accuracy=float(values.mean()),
         ci95=1.96 * std / math.sqrt(len(values)),
         episodes=len(values),
+        architectures=summary,
     )
 
 

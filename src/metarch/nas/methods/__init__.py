@@ -5,6 +5,6 @@ meta-learned together (Reptile, first- or second-order MAML) and adapted
 to each task by first-order DARTS
 """
 
-from metarch.nas.methods.metanas import ArchitectureSchedule, MetaNAS
+from metarch.nas.methods.metanas import AdaptedArchitecture, ArchitectureSchedule, MetaNAS
 
-__all__ = ["ArchitectureSchedule", "MetaNAS"]
+__all__ = ["AdaptedArchitecture", "ArchitectureSchedule", "MetaNAS"]

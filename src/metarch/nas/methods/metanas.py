@@ -67,7 +67,7 @@ from metarch.models.groups import ARCHITECTURE, WEIGHTS, group_of
 from metarch.nas.spaces.base import Relaxation, SearchSpace
 from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
-__all__ = ["ArchitectureSchedule", "MetaNAS"]
+__all__ = ["AdaptedArchitecture", "ArchitectureSchedule", "MetaNAS"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,21 @@ class ArchitectureSchedule:
         done = min(step // 2, self.architecture_steps - 1)
         fraction = done / (self.architecture_steps - 1) if self.architecture_steps > 1 else 1.0
         return (1.0 - fraction) * self.t_max + fraction * self.t_min
+
+
+@dataclass(frozen=True)
+class AdaptedArchitecture:
+    """One task's adaptation: its predictor (naming the architecture) and adapted state.
+
+    Attributes:
+        predictor: Query logits, and the adapted architecture's canonical string.
+        params: The adapted parameters of the model (weights and architecture), detached.
+        buffers: The buffers the predictor uses (the task's own running statistics).
+    """
+
+    predictor: ArchitecturePredictor
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
 
 
 # The schedule of the inner loop running now; task threads inherit it with their context.
@@ -326,6 +341,10 @@ class MetaNAS(MetaLearner):
             The predictor (queries run at the final temperature and the evaluation
             threshold), naming the adapted architecture.
         """
+        return self.adapt_architecture(support_x, support_y).predictor
+
+    def adapt_architecture(self, support_x: Tensor, support_y: Tensor) -> AdaptedArchitecture:
+        """:meth:`adapt`, with the adapted parameters and buffers (to save or export)."""
         training = self.training
         schedule = self.evaluation_schedule()
         with _scheduled(schedule), self._skipping(self.eval_skip_below):
@@ -338,8 +357,11 @@ class MetaNAS(MetaLearner):
             with _scheduled(schedule), self._skipping(self.eval_skip_below):
                 return predict(query_x)
 
-        architecture = self.adapted_architecture(adaptation.params)
-        return ArchitecturePredictor(predictor, architecture)
+        params = {name: value.detach() for name, value in adaptation.params.items()}
+        architecture = self.adapted_architecture(params)
+        return AdaptedArchitecture(
+            ArchitecturePredictor(predictor, architecture), params, dict(adaptation.buffers)
+        )
 
     def adapted_architecture(self, params: Mapping[str, Tensor]) -> str:
         """The canonical string of the architecture that adapted ``params`` choose."""
