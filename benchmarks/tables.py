@@ -426,6 +426,53 @@ def probe_table(probe: Table) -> list[str]:
 # -- the registry and the document ------------------------------------------------------
 
 #: Section name -> (JSON files under benchmarks/results/, renderer called with them loaded).
+# -- MetaNAS -------------------------------------------------------------------------------
+
+
+def metanas_table(report: Table) -> list[str]:
+    """MetaNAS next to the manual baselines of the same tasks: accuracy, cost, training time.
+
+    MetaNAS's cost is that of the discrete network of the cell most tasks adapted to; the
+    adapted cells themselves are listed under the table.
+    """
+    lines = [
+        "| model | task (held-out classes) | accuracy (95 % CI) | meta-training "
+        "| parameters | MFLOPs / image | CPU latency / image | distinct adapted cells |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    cells: list[str] = []
+    tasks = list(dict.fromkeys(row["task"] for row in report["rows"] if "task" in row))
+    for task in tasks:
+        entries = [(row, True) for row in report["rows"] if row.get("task") == task]
+        entries += [(row, False) for row in report.get("baselines", []) if row["task"] == task]
+        for row, searched in entries:
+            if "error" in row:
+                lines.append(f"| {row['config']} | {task} | error: {row['error']} | | | | | |")
+                continue
+            seconds = row.get("train_seconds_total")
+            minutes = f"{seconds / 60:.0f} min, {row['steps']:,} steps" if seconds else "-"
+            name = f"**{row['config']}**" if searched else row["config"]
+            latency = row.get("latency_ms")
+            distinct = f"{row['distinct_architectures']} of {row['episodes']}" if searched else ""
+            lines.append(
+                f"| {name} | {task} | {row['accuracy']:.2f} ± {row['ci95']:.2f} % | {minutes} "
+                f"| {row['parameters']:,} | {row['flops_per_image'] / 1e6:.2f} "
+                f"| {f'{latency:.2f} ms' if latency is not None else '-'} | {distinct} |"
+            )
+            if searched:
+                shares = ", ".join(
+                    f"{share['tasks']} tasks ({share['accuracy']:.1f} %)"
+                    for share in row.get("most_frequent", [])
+                )
+                cells.append(
+                    f"* {row['config']}, {task}: most frequent `{row['architecture']}`; "
+                    f"the five most frequent cells: {shares}; meta-architecture "
+                    f"`{row['meta_architecture']}`; the whole relaxed network (every "
+                    f"operation) takes {row['relaxed_latency_ms']:.2f} ms per image."
+                )
+    return [*lines, "", "Adapted cells:", "", *cells]
+
+
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     "episodes": (("episodes.json",), episodes_table),
     "meta-step-full": (("meta_step.json",), meta_step_full),

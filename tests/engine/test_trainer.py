@@ -259,6 +259,17 @@ def load_file_initial(run: Path) -> torch.Tensor:
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml")))
 def test_shipped_configs_are_valid(path: Path) -> None:
     config = load_config(path)
+    if "-metanas-" in path.stem:
+        # <set>-metanas[-ablation]-<ways>w<K>s: the relaxed cell space, meta-trained on
+        # 15 support shots per class (the reference), validated on the named task.
+        assert (config.method.name, config.model.name) == ("metanas", "metanas-search")
+        ways, shots = path.stem.rsplit("-", 1)[1].rstrip("s").split("w")
+        assert (config.validation_episode.ways, config.validation_episode.shots) == (
+            int(ways),
+            int(shots),
+        )
+        assert (config.episodes.ways, config.episodes.shots) == (int(ways), 15)
+        return
     if path.stem.startswith("tiny-imagenet-fs-"):
         # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on
         # the frozen class split, 3-channel normalised images.
@@ -324,3 +335,15 @@ def test_a_truncated_archive_of_another_set_does_not_stop_training(tmp_path: Pat
     )
     with pytest.raises(DataError, match=r"images_evaluation\.zip is not a readable zip"):
         train(config, tmp_path / "run2", root)
+
+
+def test_configs_name_registered_components_in_a_fresh_interpreter() -> None:
+    # Learners and backbones registered outside metarch.meta/models (MetaNAS in metarch.nas)
+    # must be known to load_config alone.
+    import subprocess
+    import sys
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "omniglot-metanas-20w1s.yaml"
+    code = f"from metarch.engine.config import load_config; load_config({str(config)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -17,7 +17,7 @@ from metarch.data.formats import discover_datasets
 from metarch.data.omniglot import load_omniglot
 from metarch.data.pools import NAMED_SPLITS
 from metarch.engine.checkpoint import load_checkpoint
-from metarch.engine.config import load_config
+from metarch.engine.config import TrainConfig, load_config
 from metarch.engine.evaluate import evaluate_episodes
 from metarch.engine.trainer import Trainer
 from metarch.reports.episodes import save_episode_grid
@@ -36,8 +36,13 @@ def demo(
         800, "--steps", help="Meta-training steps of the demo's prototypical network."
     ),
     episodes: int = typer.Option(400, "--episodes", help="Evaluation episodes per task."),
+    nas_steps: int = typer.Option(
+        60,
+        "--nas-steps",
+        help="Meta-training steps of the demo's MetaNAS (architecture search; 0: skip it).",
+    ),
 ) -> None:
-    """Load Omniglot, draw episodes, meta-train a prototypical network, evaluate it."""
+    """Load Omniglot, draw episodes, meta-train a prototypical network and a MetaNAS cell."""
     console = Console()
     root = data_root_from(data_root)
     started = time.perf_counter()
@@ -94,17 +99,21 @@ def demo(
         console.print(f"wrote {display_path(out / file_name)}")
 
     _train_and_evaluate(console, root, out / "run", steps, episodes)
+    if nas_steps > 0:
+        _search_architectures(console, root, out / "metanas", nas_steps, min(episodes, 20))
 
 
-def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, episodes: int) -> None:
-    """Meta-train the demo model (or reuse a finished demo run) and print a results table."""
-    config = load_config(None, [f"steps={steps}"] + [f"{k}={v}" for k, v in DEMO_CONFIG.items()])
+def _train(
+    console: Console, root: Path, run: Path, config: TrainConfig, what: str
+) -> tuple[Trainer, float]:
+    """Meta-train ``config`` into ``run`` (resuming a demo run found there); seconds taken."""
+    steps = config.steps
     resume = (run / "last.json").exists()
     if resume and load_checkpoint(run / "last.json").config != config.model_dump(mode="json"):
         console.print(f"{display_path(run)} holds another run; remove it or pass another --out")
         raise typer.Exit(2)
     console.print(
-        f"meta-training a prototypical network (Conv-4) on background:train, {steps} steps"
+        f"meta-training {what} on background:train, {steps} steps"
         + (" (resuming)" if resume else "")
     )
     trainer = Trainer(config, run, resume=resume, data_root=root)
@@ -133,7 +142,13 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
                 f"interrupted; run the same 'metarch demo' again to continue from step {step}"
             )
             raise typer.Exit(130) from None
-        seconds = time.perf_counter() - started
+    return trainer, time.perf_counter() - started
+
+
+def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, episodes: int) -> None:
+    """Meta-train the demo model (or reuse a finished demo run) and print a results table."""
+    config = load_config(None, [f"steps={steps}"] + [f"{k}={v}" for k, v in DEMO_CONFIG.items()])
+    trainer, seconds = _train(console, root, run, config, "a prototypical network (Conv-4)")
     learner = trainer.learner
     table = Table(title=f"Held-out alphabets (background:test), {episodes} episodes each")
     for column in ("task", "accuracy", "95% CI"):
@@ -156,6 +171,73 @@ def _train_and_evaluate(console: Console, root: Path, run: Path, steps: int, epi
     console.print(table)
     console.print(f"training took {seconds:.0f} s; the run is in {display_path(run)}")
 
+
+def _search_architectures(
+    console: Console, root: Path, run: Path, steps: int, episodes: int
+) -> None:
+    """Meta-learn a small MetaNAS cell; show the architectures held-out tasks adapt to."""
+    config = load_config(
+        None, [f"steps={steps}"] + [f"{k}={v}" for k, v in DEMO_NAS_CONFIG.items()]
+    )
+    what = "MetaNAS (a cell's architecture and weights)"
+    trainer, seconds = _train(console, root, run, config, what)
+    result = evaluate_episodes(
+        trainer.learner,
+        "background:test",
+        root,
+        image_size=config.data.image_size,
+        ways=5,
+        shots=1,
+        queries=5,
+        episodes=episodes,
+        inputs=trainer.inputs,
+    )
+    found = result.architectures
+    assert found is not None  # MetaNAS adapts architectures
+    table = Table(
+        title=f"Architectures adapted to {episodes} held-out 5-way 1-shot tasks "
+        f"(accuracy {result.accuracy:.2f}% ± {result.ci95:.2f}%; {found.distinct} distinct)"
+    )
+    for column in ("tasks", "accuracy", "parameters", "MFLOPs", "cell (normal;reduce)"):
+        table.add_column(column, overflow="fold")
+    for share in found.most_frequent:
+        table.add_row(
+            str(share.tasks),
+            f"{share.accuracy:.1f}%",
+            f"{share.parameters:,}",
+            f"{share.flops / 1e6:.2f}",
+            share.architecture,
+        )
+    console.print(table)
+    console.print(f"meta-architecture (before adaptation): {found.meta_architecture}")
+    console.print(
+        f"training took {seconds:.0f} s; adapt it to your own task with "
+        f"'metarch nas adapt --run {display_path(run)} --support DIR'"
+    )
+
+
+# The demo's MetaNAS: 4 channels, a normal and a reduction cell, Reptile, a third of the run
+# as warm-up; about two minutes on two cores.
+DEMO_NAS_CONFIG = {
+    "method.name": "metanas",
+    "method.options": (
+        "{steps: 3, eval_steps: 10, eval_architecture_steps: 5, inner_batch_size: 10,"
+        " eval_batch_size: 5, warmup_iterations: 20, prune_every: 20}"
+    ),
+    "model.name": "metanas-search",
+    "model.options": "{channels: 4, cells: 2, drop_path: 0.2}",
+    "meta_batch": 2,
+    "episodes.ways": 5,
+    "episodes.shots": 5,
+    "episodes.queries": 1,
+    "data.train_set": "background:train",
+    "data.val_set": "null",
+    "data.rotations": "true",
+    "optimizer.name": "sgd",
+    "optimizer.lr": 1.0,
+    "optimizer.groups": "{architecture: {lr: 0.6}}",
+    "checkpoint_every": 20,
+}
 
 # The demo's model: small enough to train in a few minutes on two CPU cores.
 DEMO_CONFIG = {

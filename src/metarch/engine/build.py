@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import metarch.nas  # noqa: F401  (registers MetaNAS and the search spaces' backbones)
 from metarch.data.normalize import ChannelNormalization
 from metarch.engine.checkpoint import CheckpointError
 from metarch.engine.config import TrainConfig

@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+import metarch.nas  # noqa: F401  (registers MetaNAS and the search spaces' backbones)
 from metarch.errors import ConfigError
 from metarch.meta.base import META_LEARNERS
 from metarch.models.registry import MODELS
