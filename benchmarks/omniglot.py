@@ -37,6 +37,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,22 @@ def train_or_resume(
     if trained.returncode != 0:
         return seconds, (trained.stderr.strip().splitlines()[-1:] or ["failed"])[0]
     return seconds, None
+
+
+def trained_runs(
+    paths: list[Path], runs: Path, data: list[str], overrides: list[str], rows: list[dict[str, Any]]
+) -> Iterator[tuple[Path, Path, float]]:
+    """Train (or resume) each config into ``runs/<name>``: ``(config, run, seconds)`` of each.
+
+    A config whose training fails adds an error row to ``rows`` instead.
+    """
+    for path in paths:
+        run = runs / path.stem
+        seconds, error = train_or_resume(path, run, data, overrides)
+        if error is not None:
+            rows.append({"config": path.stem, "run": repo_relative(run), "error": error})
+            continue
+        yield path, run, seconds
 
 
 Task = tuple[int, int, bool]
@@ -165,12 +182,7 @@ def main() -> None:
     paths = shipped_configs("omniglot-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
     rows: list[dict[str, Any]] = []
-    for path in paths:
-        run = Path(args.runs) / path.stem
-        seconds, error = train_or_resume(path, run, data, args.overrides)
-        if error is not None:
-            rows.append({"config": path.stem, "run": repo_relative(run), "error": error})
-            continue
+    for path, run, seconds in trained_runs(paths, Path(args.runs), data, args.overrides, rows):
         common = {
             "config": path.stem,
             "run": repo_relative(run),

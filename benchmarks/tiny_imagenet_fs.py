@@ -44,7 +44,7 @@ from omniglot import (  # noqa: E402 (benchmarks are scripts, not a package)
     metarch,
     shipped_configs,
     total_train_seconds,
-    train_or_resume,
+    trained_runs,
 )
 from report import (  # noqa: E402
     RESULTS,
@@ -123,12 +123,7 @@ def run_configs(args: argparse.Namespace) -> None:
     paths = shipped_configs("tiny-imagenet-fs-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
     rows: list[dict[str, Any]] = []
-    for path in paths:
-        run = Path(args.runs) / path.stem
-        seconds, error = train_or_resume(path, run, data, args.overrides)
-        if error is not None:
-            rows.append({"config": path.stem, "run": repo_relative(run), "error": error})
-            continue
+    for path, run, seconds in trained_runs(paths, Path(args.runs), data, args.overrides, rows):
         shots = shots_of(path.stem)
         rows.append(
             {

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from metarch.nas import create_space
 from tests.clitools import run_cli
-from tests.fixtures import write_omniglot_set
 
 CONFIG = """\
 steps: 2
@@ -33,13 +32,6 @@ log_every: 1
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
-    return root
-
-
-@pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
     folder = tmp_path_factory.mktemp("metanas")
     config = folder / "c.yaml"
@@ -54,6 +46,10 @@ def run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
             )
     assert info.value.code in (0, None)
     return out
+
+
+def adapt_args(run: Path, support: Path, out: Path) -> list[str]:
+    return ["nas", "adapt", "--run", str(run), "--support", str(support), "--out", str(out)]
 
 
 def write_support(folder: Path, images_per_class: list[int]) -> Path:
@@ -94,7 +90,7 @@ def test_nas_adapt_writes_the_genotype_and_the_adapted_weights(
     support = write_support(tmp_path / "support", [2, 3, 2])
     out = tmp_path / "adapted"
     code, printed, err = run_cli(
-        ["nas", "adapt", "--run", str(run), "--support", str(support), "--out", str(out), "--json"],
+        [*adapt_args(run, support, out), "--json"],
         capsys,
     )
     assert code == 0, err
@@ -116,21 +112,7 @@ def test_nas_adapt_writes_the_genotype_and_the_adapted_weights(
     assert not torch.equal(adapted, meta["model/learner.model.backbone.alpha_normal.1"])
     assert "backbone.kept_normal_0" in weights and "head.weight" in weights
     # With --shots the first images of each class are used.
-    code, printed, err = run_cli(
-        [
-            "nas",
-            "adapt",
-            "--run",
-            str(run),
-            "--support",
-            str(support),
-            "--out",
-            str(out),
-            "--shots",
-            "2",
-        ],
-        capsys,
-    )
+    code, printed, err = run_cli([*adapt_args(run, support, out), "--shots", "2"], capsys)
     assert code == 0, err
     assert json.loads((out / "architecture.json").read_text())["support_images"] == 6
 
@@ -152,16 +134,7 @@ def test_nas_adapt_refuses_support_sets_it_cannot_use(
     message: str,
 ) -> None:
     support = write_support(tmp_path / "support", counts)
-    args = [
-        "nas",
-        "adapt",
-        "--run",
-        str(run),
-        "--support",
-        str(support),
-        "--out",
-        str(tmp_path / "o"),
-    ]
+    args = adapt_args(run, support, tmp_path / "o")
     code, _, err = run_cli([*args, *(["--shots", shots] if shots else [])], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()

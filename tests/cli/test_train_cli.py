@@ -15,7 +15,6 @@ from metarch.engine.checkpoint import load_checkpoint
 from metarch.engine.trainer import Trainer
 from metarch.utils.io import append_line, atomic_write_text
 from tests.clitools import run_cli
-from tests.fixtures import write_omniglot_set
 
 CONFIG = """\
 steps: 4
@@ -27,13 +26,6 @@ method: {name: protonet}
 checkpoint_every: 1
 log_every: 1
 """
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
-    return root
 
 
 @pytest.fixture

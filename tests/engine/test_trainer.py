@@ -263,12 +263,10 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         # <set>-metanas[-ablation]-<ways>w<K>s: the relaxed cell space, meta-trained on
         # 15 support shots per class (the reference), validated on the named task.
         assert (config.method.name, config.model.name) == ("metanas", "metanas-search")
-        ways, shots = path.stem.rsplit("-", 1)[1].rstrip("s").split("w")
-        assert (config.validation_episode.ways, config.validation_episode.shots) == (
-            int(ways),
-            int(shots),
-        )
-        assert (config.episodes.ways, config.episodes.shots) == (int(ways), 15)
+        task_ways, task_shots = map(int, path.stem.rsplit("-", 1)[1].rstrip("s").split("w"))
+        episode = config.validation_episode
+        assert (episode.ways, episode.shots) == (task_ways, task_shots)
+        assert (config.episodes.ways, config.episodes.shots) == (task_ways, 15)
         return
     if path.stem.startswith("tiny-imagenet-fs-"):
         # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on

@@ -246,32 +246,25 @@ def test_task_batched_metanas_equals_the_loop() -> None:
     assert grads[0].abs().sum() > 0
 
 
+def carried_counts(learner: MetaNAS) -> dict[str, int]:
+    """The carried inner Adam step count of each parameter."""
+    assert isinstance(learner.learner, Reptile)
+    steps = learner.learner.get_buffer("inner_adam_step").tolist()
+    return dict(zip(learner.learner._carried_names, steps, strict=True))
+
+
 def test_architecture_adams_count_their_own_steps() -> None:
     # After a warm-up iteration the weights' Adam took 2 steps, the architecture's none:
     # each must start the next task with its own count (bias correction).
     model = relaxation()
     learner = learner_of(model, warmup_iterations=1)
     learner.compute_meta_gradients(make_batch(tasks=2, ways=3, shots=4))
-    assert isinstance(learner.learner, Reptile)
-    counts = dict(
-        zip(
-            learner.learner._carried_names,
-            learner.learner.get_buffer("inner_adam_step").tolist(),
-            strict=True,
-        )
-    )
+    counts = carried_counts(learner)
     architecture = set(architecture_names(model))
     assert {counts[n] for n in counts if n in architecture} == {0}
     assert {counts[n] for n in counts if n not in architecture} == {2}
     learner.compute_meta_gradients(make_batch(tasks=2, ways=3, shots=4))
-    assert isinstance(learner.learner, Reptile)
-    counts = dict(
-        zip(
-            learner.learner._carried_names,
-            learner.learner.get_buffer("inner_adam_step").tolist(),
-            strict=True,
-        )
-    )
+    counts = carried_counts(learner)
     assert {counts[n] for n in counts if n in architecture} == {2}
     assert {counts[n] for n in counts if n not in architecture} == {4}
 
