@@ -399,3 +399,29 @@ def test_bad_models_and_options_are_refused() -> None:
         learner_of(relaxation(), eval_steps=4, eval_architecture_steps=5)
     with pytest.raises(ValueError, match="meta_learner"):
         learner_of(relaxation(), meta_learner="protonet")
+
+
+def test_adaptation_is_transductive_by_default_and_never_drops_paths() -> None:
+    # The reference evaluates with batch statistics (its batch norm is never in eval mode)
+    # and without drop-path: eval and train mode adapt alike, as a model without drop-path.
+    batch = make_batch(tasks=1, ways=3, shots=4)
+    logits = []
+    for mode, drop_path in (("eval", 0.5), ("train", 0.5), ("eval", 0.0)):
+        model = relaxation(init_scale=0.5, drop_path=drop_path)
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        learner = learner_of(model, batching="loop")
+        learner.train(mode == "train")
+        torch.manual_seed(0)  # the same mini-batches
+        predictor = learner.adapt(batch.support_images[0], batch.support_labels[0])
+        with torch.no_grad():
+            logits.append(predictor(batch.query_images[0]))
+        assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+        assert model.get_submodule("backbone").drop_path == drop_path  # restored
+    torch.testing.assert_close(logits[0], logits[1])
+    torch.testing.assert_close(logits[0], logits[2])
+    running = learner_of(relaxation(init_scale=0.5), transductive=False, batching="loop")
+    running.eval()
+    torch.manual_seed(0)
+    predictor = running.adapt(batch.support_images[0], batch.support_labels[0])
+    with torch.no_grad():
+        assert not torch.allclose(predictor(batch.query_images[0]), logits[0])

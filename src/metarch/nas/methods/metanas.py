@@ -34,8 +34,14 @@ Where we differ from the reference implementation (``docs/metanas-reference.md``
   on torch 2, where ``zero_grad()`` frees gradients);
 * mini-batches cycle through permutations of the support set instead of drawing with
   replacement; pruning masks logits to ``-inf`` instead of writing ``-1e9`` into them;
-* at evaluation, batch norm follows the inner learner's policy (Reptile: running
-  statistics of the task's own) rather than normalising queries with their batch.
+* drop-path is off while adapting to a task outside meta-training, as in the reference.
+
+Evaluation is transductive by default, as the reference's (its batch norm is never in eval
+mode): queries are normalised with their own batch statistics. ``transductive=False``
+uses the inner learner's policy instead (Reptile: running statistics of the task's own,
+updated at every inner step from the meta-model's); with the short adaptation of a scaled
+run these statistics still remember their start, and accuracy collapses (measured on a
+250-iteration Omniglot run, 20-way 1-shot, 6 episodes: 7.0 % against 36.5 %).
 """
 
 from __future__ import annotations
@@ -185,6 +191,8 @@ class MetaNAS(MetaLearner):
         eval_batch_size: The same in :meth:`adapt` (the paper: 10 on Omniglot; 5 or 15 on
             mini-ImageNet).
         adam_state: Reptile's carried inner Adam state (the paper carries it).
+        transductive: Adapt and predict with batch statistics (the reference's
+            evaluation), also in eval mode; see the module docstring.
         batching: The inner learner's task batching (``auto``, ``loop``, ``batched``).
         task_threads: Task-batched: shards of tasks run by threads of their own.
     """
@@ -209,6 +217,7 @@ class MetaNAS(MetaLearner):
         adam_state: AdamStateMode = "carried",
         batching: Literal["auto", "loop", "batched"] = "auto",
         task_threads: PositiveInt | None = 1,
+        transductive: bool = True,
     ) -> None:
         super().__init__()
         if meta_learner not in ("reptile", "fomaml", "maml"):
@@ -258,6 +267,7 @@ class MetaNAS(MetaLearner):
         self.warmup_iterations = warmup_iterations
         self.prune_every = prune_every
         self.prune_below = float(prune_below)
+        self.transductive = transductive
         self.learner: Reptile | MAML
         if meta_learner == "reptile":
             self.learner = Reptile(
@@ -310,13 +320,32 @@ class MetaNAS(MetaLearner):
         return ArchitectureSchedule(self.eval_architecture_steps, *self.temperature)
 
     @contextlib.contextmanager
-    def _skipping(self, threshold: float) -> Iterator[None]:
-        previous = self.relaxation.skip_below
-        self.relaxation.skip_below = threshold
+    def _skipping(self, threshold: float, drop_path: float | None = None) -> Iterator[None]:
+        """Run with the relaxation's skip threshold (and drop-path, if given) set."""
+        relaxation = self.relaxation
+        previous = relaxation.skip_below, relaxation.drop_path
+        relaxation.skip_below = threshold
+        if drop_path is not None:
+            relaxation.drop_path = drop_path
         try:
             yield
         finally:
-            self.relaxation.skip_below = previous
+            relaxation.skip_below, relaxation.drop_path = previous
+
+    @contextlib.contextmanager
+    def _adapting(self) -> Iterator[bool]:
+        """Adaptation outside meta-training: no drop-path; batch statistics if transductive.
+
+        Yields the mode (training) the inner learner adapts and predicts in.
+        """
+        was_training = self.learner.training
+        mode = was_training or self.transductive
+        self.learner.train(mode)
+        try:
+            with self._skipping(self.eval_skip_below, drop_path=0.0):
+                yield mode
+        finally:
+            self.learner.train(was_training)
 
     # -- meta-training -----------------------------------------------------------------
 
@@ -345,16 +374,15 @@ class MetaNAS(MetaLearner):
 
     def adapt_architecture(self, support_x: Tensor, support_y: Tensor) -> AdaptedArchitecture:
         """:meth:`adapt`, with the adapted parameters and buffers (to save or export)."""
-        training = self.training
         schedule = self.evaluation_schedule()
-        with _scheduled(schedule), self._skipping(self.eval_skip_below):
+        with _scheduled(schedule), self._adapting() as training:
             adaptation = self.learner.adapt_parameters(support_x, support_y)
         predict = adapted_predictor(
             self.model, adaptation, self.learner.eval_config, training=training
         )
 
         def predictor(query_x: Tensor) -> Tensor:
-            with _scheduled(schedule), self._skipping(self.eval_skip_below):
+            with _scheduled(schedule), self._adapting():
                 return predict(query_x)
 
         params = {name: value.detach() for name, value in adaptation.params.items()}

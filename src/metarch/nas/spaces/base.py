@@ -153,9 +153,11 @@ class Relaxation(Protocol):
 
     Attributes:
         skip_below: Operations whose weight is at most this are not run.
+        drop_path: Probability of dropping an operation's output in training passes.
     """
 
     skip_below: float
+    drop_path: float
 
     def prune(self, threshold: float, temperature: float = 1.0) -> int:
         """Remove operations weighing less than ``threshold`` at ``temperature``; how many."""
