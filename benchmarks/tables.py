@@ -461,7 +461,8 @@ def metanas_table(report: Table) -> list[str]:
             )
             if searched:
                 shares = ", ".join(
-                    f"{share['tasks']} tasks ({share['accuracy']:.1f} %)"
+                    f"{share['tasks']} task{'' if share['tasks'] == 1 else 's'} "
+                    f"({share['accuracy']:.1f} %)"
                     for share in row.get("most_frequent", [])
                 )
                 cells.append(
@@ -487,6 +488,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         ("tiny_imagenet_fs.json", "tiny_imagenet_fs_image_size.json"),
         tiny_imagenet_fs,
     ),
+    "metanas": (("metanas.json",), metanas_table),
 }
 
 

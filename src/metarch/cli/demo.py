@@ -217,7 +217,7 @@ def _search_architectures(
 
 
 # The demo's MetaNAS: 4 channels, a normal and a reduction cell, Reptile, a third of the run
-# as warm-up; about two minutes on two cores.
+# as warm-up: a few minutes on two cores.
 DEMO_NAS_CONFIG = {
     "method.name": "metanas",
     "method.options": (
