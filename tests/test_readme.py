@@ -5,6 +5,7 @@ folder holding only the repository's ``configs/``, on the shared data (plus Lake
 which it lacks, built from its background set). The only changes are the ones in
 :data:`SUBSTITUTIONS`: fewer training steps and evaluation episodes, and the shared data
 folder's real path; ``metarch data download`` runs offline and must fail with its message.
+The task folder a user brings to ``metarch nas adapt`` is made from Omniglot drawings.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shlex
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,17 @@ def readme_data(shared_data_root: Path, tmp_path: Path) -> Path:
     return root
 
 
+def write_task_folder(folder: Path, shared: Path, classes: int = 5) -> None:
+    """A user's task: one folder per class holding one Omniglot drawing of that character."""
+    with zipfile.ZipFile(shared / "omniglot" / "images_background.zip") as archive:
+        drawings = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        characters = sorted({name.rsplit("/", 1)[0] for name in drawings})[:classes]
+        for index, character in enumerate(characters):
+            first = next(n for n in drawings if n.startswith(character + "/"))
+            (folder / f"class{index}").mkdir(parents=True, exist_ok=True)
+            (folder / f"class{index}" / "0.png").write_bytes(archive.read(first))
+
+
 def test_every_readme_command_works_as_printed(
     readme_data: Path,
     shared_data_root: Path,
@@ -117,6 +130,8 @@ def test_every_readme_command_works_as_printed(
     failures = []
     for printed in metarch_commands(README.read_text()):
         args = substituted(printed, shared_data_root)
+        if printed[:2] == ["nas", "adapt"]:
+            write_task_folder(work / args[args.index("--support") + 1], shared_data_root)
         code, out, err = run_cli(args, capsys)
         if printed[:2] == ["data", "download"]:
             # Offline: a one-line error naming what to place where (METARCH_DATA is chosen).
