@@ -48,6 +48,27 @@ class Genotype:
     reduce: CellGenotype
 
 
+def cell_inputs(
+    channels: int,
+    previous_previous: int,
+    previous: int,
+    *,
+    reduction_before: bool,
+    affine: bool = True,
+) -> tuple[nn.Module, nn.Module]:
+    """A cell's two input adapters to ``channels`` channels.
+
+    The first takes the output of the cell before the previous one (halved in size if the
+    previous cell reduced), the second the previous cell's output.
+    """
+    first = (
+        FactorizedReduce(previous_previous, channels, affine=affine)
+        if reduction_before
+        else ReLUConvBN(previous_previous, channels, 1, 1, affine=affine)
+    )
+    return first, ReLUConvBN(previous, channels, 1, 1, affine=affine)
+
+
 class Cell(nn.Module):
     """A discrete cell: each node sums its two chosen edges; the nodes are concatenated."""
 
@@ -62,12 +83,9 @@ class Cell(nn.Module):
         reduction_before: bool,
     ) -> None:
         super().__init__()
-        self.preprocess0 = (
-            FactorizedReduce(previous_previous, channels)
-            if reduction_before
-            else ReLUConvBN(previous_previous, channels, 1, 1)
+        self.preprocess0, self.preprocess1 = cell_inputs(
+            channels, previous_previous, previous, reduction_before=reduction_before
         )
-        self.preprocess1 = ReLUConvBN(previous, channels, 1, 1)
         self.inputs = [(node[0][1], node[1][1]) for node in genotype]
         self.edges = nn.ModuleList(
             nn.ModuleList(

@@ -43,7 +43,7 @@ from metarch.meta.batched import (
 from metarch.models.context import current_context
 from metarch.models.groups import ARCHITECTURE, WEIGHTS
 from metarch.models.norm import MetaBatchNorm2d
-from metarch.nas.ops import FEW_SHOT_OPERATIONS, FactorizedReduce, ReLUConvBN, create_operation
+from metarch.nas.ops import FEW_SHOT_OPERATIONS, create_operation
 from metarch.nas.spaces.base import SearchSpace
 from metarch.nas.spaces.metanas import (
     CELL_TYPES,
@@ -52,6 +52,7 @@ from metarch.nas.spaces.metanas import (
     Genotype,
     MetaNASSpace,
     NodeGenotype,
+    cell_inputs,
 )
 
 __all__ = ["MetaNASSearchNetwork", "input_pairs"]
@@ -155,12 +156,9 @@ class SearchCell(nn.Module):
     ) -> None:
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = (
-            FactorizedReduce(previous_previous, channels, affine=False)
-            if reduction_before
-            else ReLUConvBN(previous_previous, channels, 1, 1, affine=False)
+        self.preprocess0, self.preprocess1 = cell_inputs(
+            channels, previous_previous, previous, reduction_before=reduction_before, affine=False
         )
-        self.preprocess1 = ReLUConvBN(previous, channels, 1, 1, affine=False)
         # edges[node][input][operation]
         self.edges = nn.ModuleList(
             nn.ModuleList(
