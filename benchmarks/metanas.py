@@ -15,7 +15,7 @@ their training time (compare at equal meta-training compute).
 Usage::
 
     python benchmarks/metanas.py [--configs NAME ...] [--runs runs/metanas] [--episodes 100]
-        [--set steps=100] [--publish [NAME] | --out FILE]
+        [--set steps=100] [--no-train] [--publish [NAME] | --out FILE]
         [--merge-into benchmarks/results/metanas.json]
 
 The JSON goes to ``runs/benchmarks/metanas.json``; ``--publish`` writes
@@ -185,10 +185,13 @@ def baseline_rows(stem: str, tasks: list[str]) -> list[dict[str, Any]]:
 
 
 def run_configs(args: argparse.Namespace) -> None:
+    from metarch.engine.config import load_config
+
     paths = shipped_configs("*-metanas-*.yaml", args.configs)
     data = ["--data-root", args.data_root] if args.data_root else []
     rows: list[dict[str, Any]] = []
-    for path, run, seconds in trained_runs(paths, Path(args.runs), data, args.overrides, rows):
+    runs = trained_runs(paths, Path(args.runs), data, args.overrides, rows, train=args.train)
+    for path, run, seconds in runs:
         for task in tasks_of(path.stem):
             row: dict[str, Any] = {
                 "config": path.stem,
@@ -196,6 +199,7 @@ def run_configs(args: argparse.Namespace) -> None:
                 "task": task_name(task),
                 "test_pool": task["dataset"],
                 "steps": json.loads((run / "last.json").read_text())["step"],
+                "config_steps": load_config(path).steps,
                 "train_seconds_this_call": seconds,
                 "train_seconds_total": total_train_seconds(run),
                 **evaluate(run, task, data, args.episodes),
@@ -236,6 +240,12 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument(
+        "--no-train",
+        dest="train",
+        action="store_false",
+        help="evaluate the runs as they stand (e.g. stopped at a compute budget)",
+    )
     add_output_arguments(parser, "metanas")
     parser.add_argument("--merge-into", default=None, help="an existing table to fold rows into")
     run_configs(parser.parse_args())

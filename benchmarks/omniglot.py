@@ -87,15 +87,27 @@ def train_or_resume(
 
 
 def trained_runs(
-    paths: list[Path], runs: Path, data: list[str], overrides: list[str], rows: list[dict[str, Any]]
+    paths: list[Path],
+    runs: Path,
+    data: list[str],
+    overrides: list[str],
+    rows: list[dict[str, Any]],
+    *,
+    train: bool = True,
 ) -> Iterator[tuple[Path, Path, float]]:
     """Train (or resume) each config into ``runs/<name>``: ``(config, run, seconds)`` of each.
 
-    A config whose training fails adds an error row to ``rows`` instead.
+    A config whose training fails adds an error row to ``rows`` instead. ``train=False``
+    takes the runs as they stand (e.g. stopped at a compute budget before their last step).
     """
     for path in paths:
         run = runs / path.stem
-        seconds, error = train_or_resume(path, run, data, overrides)
+        if train:
+            seconds, error = train_or_resume(path, run, data, overrides)
+        elif (run / "last.json").exists():
+            seconds, error = 0.0, None
+        else:
+            seconds, error = 0.0, f"--no-train: {repo_relative(run)} has no checkpoint"
         if error is not None:
             rows.append({"config": path.stem, "run": repo_relative(run), "error": error})
             continue

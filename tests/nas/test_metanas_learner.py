@@ -16,6 +16,8 @@ from metarch.models.norm import NormPolicy
 from metarch.nas import create_space
 from metarch.nas.methods.metanas import ArchitectureSchedule, MetaNAS, _scheduled
 from metarch.nas.ops import FEW_SHOT_OPERATIONS
+from metarch.nas.spaces.base import SearchSpace
+from metarch.nas.spaces.metanas import Genotype
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork, input_pairs
 from tests.meta.helpers import flat_grad, make_batch
 
@@ -314,20 +316,10 @@ def test_pruning_is_scheduled_and_saved_with_the_run() -> None:
     assert backbone.kept_operations() == network.kept_operations()
 
 
-def test_the_genotype_of_the_supernet_with_one_hot_weights_is_its_discrete_network() -> None:
-    space = create_space("metanas", channels=4, image_size=12)
-    genotype = space.decode(GENOTYPE)
-    torch.manual_seed(0)
-    supernet = space.relax().double()
-    with torch.no_grad():
-        for kind in ("normal", "reduce"):
-            for node, edges in enumerate(getattr(genotype, kind)):
-                beta = supernet.get_parameter(f"beta_{kind}.{node}")
-                beta.fill_(-1e4)[input_pairs(node).index(tuple(s for _, s in edges))] = 1e4
-                alpha = supernet.get_parameter(f"alpha_{kind}.{node}")
-                alpha.fill_(-1e4)
-                for op, source in edges:
-                    alpha[source, FEW_SHOT_OPERATIONS.index(op)] = 1e4
+def discrete_network_of(
+    supernet: torch.nn.Module, space: SearchSpace[Genotype], genotype: Genotype
+) -> torch.nn.Module:
+    """``genotype``'s discrete network with the supernet's weights of its operations."""
     discrete = space.build(genotype).double()
     weights = dict(supernet.state_dict())
     mapped = {}
@@ -347,9 +339,60 @@ def test_the_genotype_of_the_supernet_with_one_hot_weights_is_its_discrete_netwo
     missing = discrete.load_state_dict(mapped, strict=False).missing_keys
     # Only the affine parameters of the discrete network's batch norms (1 and 0 at start).
     assert all(name.endswith((".weight", ".bias")) for name in missing)
+    return discrete
+
+
+def test_the_genotype_of_the_supernet_with_one_hot_weights_is_its_discrete_network() -> None:
+    space = create_space("metanas", channels=4, image_size=12)
+    genotype = space.decode(GENOTYPE)
+    torch.manual_seed(0)
+    supernet = space.relax().double()
+    with torch.no_grad():
+        for kind in ("normal", "reduce"):
+            for node, edges in enumerate(getattr(genotype, kind)):
+                beta = supernet.get_parameter(f"beta_{kind}.{node}")
+                beta.fill_(-1e4)[input_pairs(node).index(tuple(s for _, s in edges))] = 1e4
+                alpha = supernet.get_parameter(f"alpha_{kind}.{node}")
+                alpha.fill_(-1e4)
+                for op, source in edges:
+                    alpha[source, FEW_SHOT_OPERATIONS.index(op)] = 1e4
+    discrete = discrete_network_of(supernet, space, genotype)
     x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
     torch.testing.assert_close(supernet(x), discrete(x), rtol=1e-10, atol=1e-12)
     assert space.derive(supernet) == genotype
+
+
+def test_a_relaxation_restricted_to_a_genotype_is_its_discrete_network() -> None:
+    """The fixed-architecture ablation: whatever the architecture weights, only the genotype
+    runs; its weights get no gradient from what it excludes; the masks load into old runs."""
+    space = create_space("metanas", channels=4, image_size=12)
+    genotype = space.decode(GENOTYPE)
+    torch.manual_seed(0)
+    supernet = MetaNASSearchNetwork(channels=4, genotype=GENOTYPE, init_scale=1.0).double()
+    discrete = discrete_network_of(supernet, space, genotype)
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(supernet(x), discrete(x), rtol=1e-10, atol=1e-12)
+    assert supernet.genotype() == genotype
+    supernet(x).square().sum().backward()
+    for kind in ("normal", "reduce"):
+        for node in range(len(getattr(genotype, kind))):
+            beta = supernet.get_parameter(f"beta_{kind}.{node}")
+            alpha = supernet.get_parameter(f"alpha_{kind}.{node}")
+            assert beta.grad is not None and alpha.grad is not None
+            assert not beta.grad.any() and not alpha.grad.any()  # softmax of one logit
+    # Only the genotype's operations run (the mixed operations' other children never do).
+    calls: list[str] = []
+    for name, module in supernet.named_modules():
+        if ".edges." in name and name.count(".") == 5:
+            module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with torch.no_grad():
+        supernet(x)
+    assert len(calls) == len(supernet.cells) * 2 * 3
+    # Runs saved before pairs could be restricted load with every pair kept.
+    state = {k: v for k, v in supernet.state_dict().items() if "kept_pairs" not in k}
+    whole = MetaNASSearchNetwork(channels=4).double()
+    whole.load_state_dict(state)
+    assert all(bool(b.all()) for n, b in whole.named_buffers() if "kept_pairs" in n)
 
 
 def test_drop_path_drops_only_in_support_passes_of_training() -> None:

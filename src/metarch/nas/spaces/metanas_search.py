@@ -187,6 +187,11 @@ class MetaNASSearchNetwork(nn.Module):
         drop_path: Probability that an operation's output is zeroed for a sample in a
             support pass of training mode (MetaNAS: 0.2 in meta-training; identities are
             never dropped). Outputs kept are scaled by ``1 / (1 - drop_path)``.
+        genotype: Restrict the relaxation to this genotype (canonical string): on every
+            node only its input pair, on each of the pair's edges only its operation, so
+            the network computes exactly that genotype's discrete network (and runs only
+            its operations). The fixed-architecture ablation of MetaNAS, trained and
+            evaluated by the same learner; ``None``: the whole space.
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class MetaNASSearchNetwork(nn.Module):
         skip_below: float = 0.0,
         init_scale: float = 1e-3,
         drop_path: float = 0.0,
+        genotype: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= skip_below < 1.0:
@@ -253,6 +259,48 @@ class MetaNASSearchNetwork(nn.Module):
                 self.register_buffer(
                     _kept_name(kind, node), torch.ones(node + 2, operations, dtype=torch.bool)
                 )
+                # Input pairs a node may use (all but one only for a fixed genotype).
+                self.register_buffer(
+                    _kept_pairs_name(kind, node),
+                    torch.ones(len(input_pairs(node)), dtype=torch.bool),
+                )
+        if genotype is not None:
+            self.restrict_to(self.search_space().decode(genotype))
+
+    @torch.no_grad()
+    def restrict_to(self, genotype: Genotype) -> None:
+        """Keep only ``genotype``'s input pairs and operations (see ``genotype`` above)."""
+        for kind in CELL_TYPES:
+            for node, ((first, a), (second, b)) in enumerate(getattr(genotype, kind)):
+                pairs: Tensor = getattr(self, _kept_pairs_name(kind, node))
+                pairs.fill_(False)
+                pairs[input_pairs(node).index((min(a, b), max(a, b)))] = True
+                kept: Tensor = getattr(self, _kept_name(kind, node))
+                for operation, source in ((first, a), (second, b)):
+                    kept[source].fill_(False)
+                    kept[source, FEW_SHOT_OPERATIONS.index(operation)] = True
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Runs saved before input pairs could be restricted kept every pair.
+        for kind in CELL_TYPES:
+            for node in range(NODES):
+                key = prefix + _kept_pairs_name(kind, node)
+                if key not in state_dict:
+                    state_dict[key] = getattr(self, _kept_pairs_name(kind, node)).new_ones(
+                        len(input_pairs(node))
+                    )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def parameter_group(self, name: str) -> str:
         """``architecture`` for the operation and input weights, ``weights`` otherwise."""
@@ -273,6 +321,14 @@ class MetaNASSearchNetwork(nn.Module):
         if bool(kept.all()):
             return alpha
         masked: Tensor = alpha.masked_fill(~kept, float("-inf"))
+        return masked
+
+    def _pair_logits(self, kind: str, node: int, beta: Tensor) -> Tensor:
+        """Input-pair logits with pairs outside a fixed genotype at ``-inf``."""
+        kept: Tensor = getattr(self, _kept_pairs_name(kind, node))
+        if bool(kept.all()):
+            return beta
+        masked: Tensor = beta.masked_fill(~kept, float("-inf"))
         return masked
 
     @torch.no_grad()
@@ -326,7 +382,11 @@ class MetaNASSearchNetwork(nn.Module):
                         / temperature,
                         -1,
                     ),
-                    torch.softmax(executor.parameter(f"beta_{kind}.{node}") / temperature, -1),
+                    torch.softmax(
+                        self._pair_logits(kind, node, executor.parameter(f"beta_{kind}.{node}"))
+                        / temperature,
+                        -1,
+                    ),
                 )
                 for node in range(NODES)
             ]
@@ -432,7 +492,7 @@ class MetaNASSearchNetwork(nn.Module):
             nodes: list[NodeGenotype] = []
             for node in range(NODES):
                 alpha = self._logits(kind, node, read(f"alpha_{kind}.{node}"))
-                beta = read(f"beta_{kind}.{node}")
+                beta = self._pair_logits(kind, node, read(f"beta_{kind}.{node}"))
                 a, b = input_pairs(node)[int(beta.argmax())]
                 first = (FEW_SHOT_OPERATIONS[int(alpha[a].argmax())], a)
                 second = (FEW_SHOT_OPERATIONS[int(alpha[b].argmax())], b)
@@ -443,6 +503,10 @@ class MetaNASSearchNetwork(nn.Module):
 
 def _kept_name(kind: str, node: int) -> str:
     return f"kept_{kind}_{node}"
+
+
+def _kept_pairs_name(kind: str, node: int) -> str:
+    return f"kept_pairs_{kind}_{node}"
 
 
 def _run_search_network(
