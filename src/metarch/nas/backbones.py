@@ -1,7 +1,8 @@
 """Search-space networks as backbones of :data:`~metarch.models.registry.MODELS`.
 
-So that a config trains them like any backbone: ``metanas-search`` (the relaxation MetaNAS
-meta-learns) and ``metanas-genotype`` (the discrete network of one genotype string, for
+So that a config trains them like any backbone: ``metanas-search`` and
+``nasbench201-search`` (the relaxations MetaNAS meta-learns), ``metanas-genotype`` and
+``nasbench201-genotype`` (the discrete network of one genotype string, for
 fixed-architecture baselines and retraining a found cell).
 """
 
@@ -12,9 +13,11 @@ from torch import nn
 from metarch.models.registry import MODELS
 from metarch.nas.spaces.metanas import MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
+from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
+from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
 from metarch.registry import PositiveInt
 
-__all__ = ["metanas_genotype_network"]
+__all__ = ["metanas_genotype_network", "nasbench201_genotype_network"]
 
 
 def metanas_genotype_network(
@@ -39,5 +42,32 @@ def metanas_genotype_network(
     )
 
 
+def nasbench201_genotype_network(
+    *,
+    genotype: str,
+    channels: PositiveInt = 16,
+    cells_per_stage: PositiveInt = 5,
+    in_channels: PositiveInt = 3,
+) -> nn.Module:
+    """The NAS-Bench-201 macro network of ``genotype`` (its canonical string).
+
+    Args:
+        genotype: The cell, as ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (the benchmark's
+            string, printed by evaluation reports and ``metarch nas adapt``).
+        channels: ``C``, the first stage's width (the benchmark: 16).
+        cells_per_stage: ``N`` (the benchmark: 5).
+        in_channels: Image channels (set from the data).
+    """
+    space = NASBench201Space(channels=channels, cells_per_stage=cells_per_stage)
+    return NASBench201Network(
+        space.decode(genotype),
+        channels=channels,
+        cells_per_stage=cells_per_stage,
+        in_channels=in_channels,
+    )
+
+
 MODELS.add("metanas-search", MetaNASSearchNetwork)
 MODELS.add("metanas-genotype", metanas_genotype_network)
+MODELS.add("nasbench201-search", NASBench201SearchNetwork)
+MODELS.add("nasbench201-genotype", nasbench201_genotype_network)

@@ -28,23 +28,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from metarch.meta.batched import (
-    BatchedNormContext,
-    Params,
-    concat_channels,
-    register_batched_module,
-    scale_per_task,
-)
+from metarch.meta.batched import BatchedNormContext, Params, register_batched_module
 from metarch.models.context import current_context
 from metarch.models.groups import ARCHITECTURE, WEIGHTS
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.ops import FEW_SHOT_OPERATIONS, create_operation
 from metarch.nas.spaces.base import SearchSpace
+from metarch.nas.spaces.executors import Executor, OneTask, TaskGrouped
 from metarch.nas.spaces.metanas import (
     CELL_TYPES,
     NODES,
@@ -61,85 +56,6 @@ __all__ = ["MetaNASSearchNetwork", "input_pairs"]
 def input_pairs(node: int) -> list[tuple[int, int]]:
     """The pairs of inputs node ``node`` can take, in ``beta``'s order: (0, 1), (0, 2), ..."""
     return list(itertools.combinations(range(node + 2), 2))
-
-
-class _Executor(Protocol):
-    def parameter(self, name: str) -> Tensor: ...
-
-    def run(self, name: str, x: Tensor) -> Tensor: ...
-
-    def weighted(self, x: Tensor, weight: Tensor) -> Tensor: ...
-
-    def concat(self, tensors: list[Tensor]) -> Tensor: ...
-
-    def needed(self, weight: Tensor, threshold: float) -> bool: ...
-
-    def drop_path(self, x: Tensor, probability: float) -> Tensor: ...
-
-
-class _OneTask:
-    """The plain forward of one task."""
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = network
-
-    def parameter(self, name: str) -> Tensor:
-        # By attribute, not get_parameter: under torch.func.functional_call the entries
-        # are plain tensors standing in for the parameters.
-        owner, _, attribute = name.rpartition(".")
-        value: Tensor = getattr(self.network.get_submodule(owner), attribute)
-        return value
-
-    def run(self, name: str, x: Tensor) -> Tensor:
-        out: Tensor = self.network.get_submodule(name)(x)
-        return out
-
-    def weighted(self, x: Tensor, weight: Tensor) -> Tensor:
-        return x * weight
-
-    def concat(self, tensors: list[Tensor]) -> Tensor:
-        return torch.cat(tensors, dim=1)
-
-    def needed(self, weight: Tensor, threshold: float) -> bool:
-        return bool(weight > threshold)
-
-    def drop_path(self, x: Tensor, probability: float) -> Tensor:
-        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1.0 - probability)
-        return x * keep / (1.0 - probability)
-
-
-class _TaskGrouped:
-    """The forward of ``T`` tasks at once on the task-batched engine's grouped layout."""
-
-    def __init__(self, prefix: str, params: Params, context: BatchedNormContext) -> None:
-        assert context.engine is not None
-        self.prefix = f"{prefix}." if prefix else ""
-        self.params = params
-        self.context = context
-        self.engine = context.engine
-
-    def parameter(self, name: str) -> Tensor:
-        return self.params[self.prefix + name]
-
-    def run(self, name: str, x: Tensor) -> Tensor:
-        return self.engine.run_module(self.prefix + name, x, self.params, self.context)
-
-    def weighted(self, x: Tensor, weight: Tensor) -> Tensor:
-        return scale_per_task(x, weight)
-
-    def concat(self, tensors: list[Tensor]) -> Tensor:
-        return concat_channels(tensors, self.context.tasks)
-
-    def needed(self, weight: Tensor, threshold: float) -> bool:
-        return bool((weight > threshold).any())
-
-    def drop_path(self, x: Tensor, probability: float) -> Tensor:
-        # One draw per (sample, task), as every task's own forward would make.
-        tasks = self.context.tasks
-        per_task = x.unflatten(1, (tasks, x.shape[1] // tasks))
-        keep = x.new_empty(x.shape[0], tasks, *([1] * (x.dim() - 1))).bernoulli_(1.0 - probability)
-        dropped: Tensor = (per_task * keep / (1.0 - probability)).flatten(1, 2)
-        return dropped
 
 
 class SearchCell(nn.Module):
@@ -367,9 +283,9 @@ class MetaNASSearchNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(N, NODES * C)`` of images ``(N, C_in, H, W)``."""
-        return self.compute(x, _OneTask(self))
+        return self.compute(x, OneTask(self))
 
-    def compute(self, x: Tensor, executor: _Executor) -> Tensor:
+    def compute(self, x: Tensor, executor: Executor) -> Tensor:
         """The forward, run by ``executor`` (one task, or task-grouped)."""
         context = current_context()
         temperature = context.current_temperature
@@ -408,7 +324,7 @@ class MetaNASSearchNetwork(nn.Module):
         s0: Tensor,
         s1: Tensor,
         weights: list[tuple[Tensor, Tensor]],
-        executor: _Executor,
+        executor: Executor,
         dropping: float,
     ) -> Tensor:
         states = [executor.run(f"{name}.preprocess0", s0), executor.run(f"{name}.preprocess1", s1)]
@@ -448,7 +364,7 @@ class MetaNASSearchNetwork(nn.Module):
         name: str,
         alpha: Tensor,
         x: Tensor,
-        executor: _Executor,
+        executor: Executor,
         nothing: Callable[[], Tensor],
         dropping: float,
     ) -> Tensor:
@@ -482,7 +398,7 @@ class MetaNASSearchNetwork(nn.Module):
             architecture: Architecture parameters by their names in this module
                 (``alpha_normal.0``, ...), e.g. a task's adapted ones; default: its own.
         """
-        own = _OneTask(self)
+        own = OneTask(self)
 
         def read(name: str) -> Tensor:
             return architecture[name] if architecture is not None else own.parameter(name)
@@ -513,7 +429,7 @@ def _run_search_network(
     module: nn.Module, name: str, x: Tensor, params: Params, context: BatchedNormContext
 ) -> Tensor:
     assert isinstance(module, MetaNASSearchNetwork)
-    return module.compute(x, _TaskGrouped(name, params, context))
+    return module.compute(x, TaskGrouped(name, params, context))
 
 
 register_batched_module(MetaNASSearchNetwork, run=_run_search_network)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -30,7 +31,14 @@ from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Classifier, SearchSpace
 from metarch.registry import PositiveInt
 
-__all__ = ["EDGES", "OPERATIONS", "NASBench201Network", "NASBench201Space", "Cell201"]
+__all__ = [
+    "EDGES",
+    "OPERATIONS",
+    "Cell201",
+    "NASBench201Network",
+    "NASBench201Space",
+    "create_operation201",
+]
 
 #: The 5 candidate operations, in the benchmark's order.
 OPERATIONS: tuple[str, ...] = (
@@ -65,7 +73,8 @@ class Zero(nn.Module):
         return x * 0.0
 
 
-def _operation(name: str, channels: int) -> nn.Module:
+def create_operation201(name: str, channels: int) -> nn.Module:
+    """The NAS-Bench-201 operation ``name`` on ``channels`` channels (stride 1)."""
     if name == "none":
         return Zero()
     if name == "skip_connect":
@@ -84,7 +93,7 @@ class Cell201(nn.Module):
 
     def __init__(self, architecture: Architecture201, channels: int) -> None:
         super().__init__()
-        self.edges = nn.ModuleList(_operation(op, channels) for op in architecture)
+        self.edges = nn.ModuleList(create_operation201(op, channels) for op in architecture)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         nodes = [x]
@@ -238,6 +247,30 @@ class NASBench201Space(SearchSpace[Architecture201]):
 
     def size(self) -> int:  # noqa: D102
         return int(len(OPERATIONS) ** len(EDGES))
+
+    def relax(  # noqa: D102
+        self, *, num_classes: int | None = None, skip_below: float = 0.0, **options: Any
+    ) -> nn.Module:
+        from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
+
+        network = NASBench201SearchNetwork(
+            channels=self.channels,
+            cells_per_stage=self.cells_per_stage,
+            in_channels=self.in_channels,
+            skip_below=skip_below,
+            **options,
+        )
+        if num_classes is None:
+            return network
+        return Classifier(network, network.out_features, num_classes)
+
+    def derive(self, relaxed: nn.Module) -> Architecture201:  # noqa: D102
+        from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
+
+        network = relaxed.backbone if isinstance(relaxed, Classifier) else relaxed
+        if not isinstance(network, NASBench201SearchNetwork):
+            raise ArchitectureError(f"not a relaxation of this space: {type(relaxed).__name__}")
+        return network.genotype()
 
     def enumerate(self) -> Iterator[Architecture201]:  # noqa: D102
         yield from itertools.product(OPERATIONS, repeat=len(EDGES))
