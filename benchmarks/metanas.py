@@ -26,6 +26,7 @@ The JSON goes to ``runs/benchmarks/metanas.json``; ``--publish`` writes
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,9 @@ from report import (  # noqa: E402
 )
 
 LATENCY = "batch 1, 1 thread, median of 200 forward passes after 20 warm-up"
+#: Real-device latency tables (under the data root) of the spaces that have them, by the
+#: backbone a config meta-learns.
+DEVICE_TABLES = {"nasbench201-search": Path("hardware") / "help_nasbench201_latency.csv"}
 #: The manual baselines' published results, by data set of the MetaNAS config.
 BASELINE_TABLES = {"omniglot": "omniglot.json", "tiny-imagenet-fs": "tiny_imagenet_fs.json"}
 
@@ -127,6 +131,40 @@ def architecture_latency(run: Path, architecture: str, ways: int) -> dict[str, A
     }
 
 
+def device_latencies(
+    root: Path, table_path: Path, shares: list[dict[str, Any]], meta_architecture: str | None
+) -> dict[str, Any]:
+    """Measured latency on every device of the table of the adapted (and meta-) cells.
+
+    Each cell's latency comes with its rank in the space on that device: the share (%) of
+    all the table's cells that are faster.
+    """
+    from metarch.hardware import DeviceLatencyTable
+
+    table = DeviceLatencyTable.from_csv(root / table_path)
+    by_device = {d: sorted(table.rows[a][d] for a in table) for d in table.devices}
+
+    def described(architecture: str) -> dict[str, Any]:
+        latencies = table.latencies(architecture)
+        faster = {
+            device: 100.0 * bisect.bisect_left(by_device[device], ms) / len(table)
+            for device, ms in latencies.items()
+        }
+        return {"latency_ms": dict(latencies), "faster_share": faster}
+
+    cells = [
+        {"architecture": s["architecture"], "tasks": s["tasks"], "accuracy": s["accuracy"]}
+        | described(s["architecture"])
+        for s in shares
+    ]
+    return {
+        "table": f"<data root>/{table_path.as_posix()}",
+        "devices": list(table.devices),
+        "cells": cells,
+        "meta_architecture": described(meta_architecture) if meta_architecture else None,
+    }
+
+
 def network_cost(config: Path, ways: int) -> dict[str, Any]:
     """Parameters, FLOPs and CPU latency per image of the network a config builds.
 
@@ -185,6 +223,7 @@ def baseline_rows(stem: str, tasks: list[str]) -> list[dict[str, Any]]:
 
 
 def run_configs(args: argparse.Namespace) -> None:
+    from metarch.data.paths import resolve_data_root
     from metarch.engine.config import load_config
 
     paths = shipped_configs("*-metanas-*.yaml", args.configs)
@@ -206,6 +245,12 @@ def run_configs(args: argparse.Namespace) -> None:
             }
             if row.get("architecture"):
                 row.update(architecture_latency(run, row["architecture"], task["ways"]))
+            table = DEVICE_TABLES.get(load_config(path).model.name)
+            if table is not None and row.get("most_frequent"):
+                root = resolve_data_root(args.data_root)
+                row["devices"] = device_latencies(
+                    root, table, row["most_frequent"], row.get("meta_architecture")
+                )
             rows.append(row)
             print(f"{path.stem:<36}{row['task']:<28}{row.get('accuracy', float('nan')):6.2f}")
     tasks = sorted({row["task"] for row in rows if "task" in row})

@@ -471,7 +471,43 @@ def metanas_table(report: Table) -> list[str]:
                     f"`{row['meta_architecture']}`; the whole relaxed network (every "
                     f"operation) takes {row['relaxed_latency_ms']:.2f} ms per image."
                 )
-    return [*lines, "", "Adapted cells:", "", *cells]
+    return [*lines, "", "Adapted cells:", "", *cells, *device_latency_lines(report)]
+
+
+#: Devices of HELP's tables shown (all are in the JSON): GPUs, server CPUs and phones.
+SHOWN_DEVICES = ("titan_rtx_1", "2080ti_1", "gold_6240", "silver_4114", "pixel3", "samsung_s7")
+
+
+def device_latency_lines(report: Table) -> list[str]:
+    """The measured real-device latency of the adapted cells of spaces that have a table."""
+    rows = [row for row in report["rows"] if row.get("devices")]
+    if not rows:
+        return []
+    devices = [d for d in SHOWN_DEVICES if d in rows[0]["devices"]["devices"]]
+    lines = [
+        "",
+        "Real-device latency of the adapted cells (ms per forward pass of the benchmark's "
+        "network, C = 16, N = 5, 32x32; in brackets the share of all cells of the space "
+        f"that are faster on that device), from `{rows[0]['devices']['table']}`:",
+        "",
+        "| run, task | cell | tasks | accuracy | " + " | ".join(devices) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(devices),
+    ]
+    for row in rows:
+        found = row["devices"]
+        entries = [(cell["architecture"], cell) for cell in found["cells"]]
+        if found.get("meta_architecture"):
+            entries.append((f"meta: {row['meta_architecture']}", found["meta_architecture"]))
+        for name, cell in entries:
+            tasks = cell.get("tasks", "")
+            accuracy = f"{cell['accuracy']:.1f} %" if "accuracy" in cell else ""
+            latency = " | ".join(
+                f"{cell['latency_ms'][d]:.1f} ({cell['faster_share'][d]:.0f} %)" for d in devices
+            )
+            lines.append(
+                f"| {row['config']}, {row['task']} | `{name}` | {tasks} | {accuracy} | {latency} |"
+            )
+    return lines
 
 
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
