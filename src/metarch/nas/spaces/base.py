@@ -129,8 +129,28 @@ class SearchSpace(ABC, Generic[A]):
         raise NotImplementedError(f"{type(self).__name__} has no continuous relaxation")
 
     def derive(self, relaxed: nn.Module) -> A:
-        """The discrete architecture a relaxation's architecture parameters choose."""
-        raise NotImplementedError(f"{type(self).__name__} has no continuous relaxation")
+        """The discrete architecture a relaxation's architecture parameters choose.
+
+        Raises:
+            ArchitectureError: ``relaxed`` is not a relaxation of this space.
+        """
+        network = relaxed.backbone if isinstance(relaxed, Classifier) else relaxed
+        if not isinstance(network, Relaxation) or type(network.search_space()) is not type(self):
+            raise ArchitectureError(
+                f"not a relaxation of the {type(self).__name__} space: {type(relaxed).__name__}"
+            )
+        architecture: A = network.genotype()
+        return architecture
+
+    @staticmethod
+    def with_head(network: nn.Module, num_classes: int | None) -> nn.Module:
+        """``network`` (with ``out_features``), under a linear head if ``num_classes``."""
+        if num_classes is None:
+            return network
+        features = getattr(network, "out_features", None)
+        if not isinstance(features, int):
+            raise TypeError(f"{type(network).__name__} has no out_features to put a head on")
+        return Classifier(network, features, num_classes)
 
     @property
     @abstractmethod

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.ops import FEW_SHOT_OPERATIONS, FactorizedReduce, ReLUConvBN, create_operation
-from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Classifier, SearchSpace
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
 from metarch.registry import PositiveInt
 
 __all__ = ["CellGenotype", "Genotype", "MetaNASNetwork", "MetaNASSpace"]
@@ -286,11 +286,7 @@ class MetaNASSpace(SearchSpace[Genotype]):
         backbone = MetaNASNetwork(
             architecture, channels=self.channels, cells=self.cells, in_channels=self.in_channels
         )
-        return (
-            backbone
-            if num_classes is None
-            else Classifier(backbone, backbone.out_features, num_classes)
-        )
+        return self.with_head(backbone, num_classes)
 
     def relax(  # noqa: D102
         self, *, num_classes: int | None = None, skip_below: float = 0.0, **options: Any
@@ -304,17 +300,7 @@ class MetaNASSpace(SearchSpace[Genotype]):
             skip_below=skip_below,
             **options,
         )
-        if num_classes is None:
-            return network
-        return Classifier(network, network.out_features, num_classes)
-
-    def derive(self, relaxed: nn.Module) -> Genotype:  # noqa: D102
-        from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
-
-        network = relaxed.backbone if isinstance(relaxed, Classifier) else relaxed
-        if not isinstance(network, MetaNASSearchNetwork):
-            raise ArchitectureError(f"not a relaxation of this space: {type(relaxed).__name__}")
-        return network.genotype()
+        return self.with_head(network, num_classes)
 
     @staticmethod
     def _check(architecture: Genotype) -> None:

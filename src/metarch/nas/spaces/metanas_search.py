@@ -39,7 +39,6 @@ from metarch.models.groups import ARCHITECTURE, WEIGHTS
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.ops import FEW_SHOT_OPERATIONS, create_operation
 from metarch.nas.spaces.base import SearchSpace
-from metarch.nas.spaces.executors import Executor, OneTask, TaskGrouped
 from metarch.nas.spaces.metanas import (
     CELL_TYPES,
     NODES,
@@ -48,6 +47,15 @@ from metarch.nas.spaces.metanas import (
     MetaNASSpace,
     NodeGenotype,
     cell_inputs,
+)
+from metarch.nas.spaces.relaxation import (
+    Executor,
+    OneTask,
+    TaskGrouped,
+    check_rates,
+    masked_logits,
+    prune_weak,
+    zero_below,
 )
 
 __all__ = ["MetaNASSearchNetwork", "input_pairs"]
@@ -124,10 +132,7 @@ class MetaNASSearchNetwork(nn.Module):
         genotype: str | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= skip_below < 1.0:
-            raise ValueError(f"skip_below must lie in [0, 1), got {skip_below}")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must lie in [0, 1), got {drop_path}")
+        check_rates(skip_below, drop_path)
         self.skip_below = skip_below
         self.drop_path = drop_path
         self.channels = channels
@@ -233,19 +238,11 @@ class MetaNASSearchNetwork(nn.Module):
 
     def _logits(self, kind: str, node: int, alpha: Tensor) -> Tensor:
         """Operation logits with pruned operations at ``-inf`` (weight exactly 0)."""
-        kept: Tensor = getattr(self, _kept_name(kind, node))
-        if bool(kept.all()):
-            return alpha
-        masked: Tensor = alpha.masked_fill(~kept, float("-inf"))
-        return masked
+        return masked_logits(alpha, getattr(self, _kept_name(kind, node)))
 
     def _pair_logits(self, kind: str, node: int, beta: Tensor) -> Tensor:
         """Input-pair logits with pairs outside a fixed genotype at ``-inf``."""
-        kept: Tensor = getattr(self, _kept_pairs_name(kind, node))
-        if bool(kept.all()):
-            return beta
-        masked: Tensor = beta.masked_fill(~kept, float("-inf"))
-        return masked
+        return masked_logits(beta, getattr(self, _kept_pairs_name(kind, node)))
 
     @torch.no_grad()
     def prune(self, threshold: float, temperature: float = 1.0) -> int:
@@ -259,19 +256,16 @@ class MetaNASSearchNetwork(nn.Module):
         Returns:
             The number of operations removed now.
         """
-        removed = 0
-        for kind in CELL_TYPES:
-            for node in range(NODES):
-                alpha = self.get_parameter(f"alpha_{kind}.{node}")
-                weights = torch.softmax(self._logits(kind, node, alpha) / temperature, -1)
-                kept: Tensor = getattr(self, _kept_name(kind, node))
-                weak = kept & (weights < threshold)
-                # Never every operation of an edge (only possible for threshold > 1/7).
-                strongest = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1])
-                weak &= ~strongest.bool()
-                removed += int(weak.sum())
-                kept &= ~weak
-        return removed
+        return sum(
+            prune_weak(
+                self.get_parameter(f"alpha_{kind}.{node}"),
+                getattr(self, _kept_name(kind, node)),
+                threshold,
+                temperature,
+            )
+            for kind in CELL_TYPES
+            for node in range(NODES)
+        )
 
     def kept_operations(self) -> int:
         """Operations still in the meta-architecture (all edges of both cell types)."""
@@ -382,10 +376,7 @@ class MetaNASSearchNetwork(nn.Module):
         return total if total is not None else nothing()
 
     def _kept(self, weight: Tensor) -> Tensor:
-        """A weight, or 0 where it is at most the threshold (those operations do not run)."""
-        if self.skip_below <= 0:
-            return weight
-        return weight * (weight > self.skip_below)
+        return zero_below(weight, self.skip_below)
 
     @torch.no_grad()
     def genotype(self, architecture: Mapping[str, Tensor] | None = None) -> Genotype:

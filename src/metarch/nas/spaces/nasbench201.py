@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
-from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Classifier, SearchSpace
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
 from metarch.registry import PositiveInt
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "NASBench201Network",
     "NASBench201Space",
     "create_operation201",
+    "macro_body",
+    "macro_stem",
 ]
 
 #: The 5 candidate operations, in the benchmark's order.
@@ -130,6 +132,36 @@ class ResidualReduction(nn.Module):
         return out
 
 
+def macro_stem(in_channels: int, channels: int) -> nn.Sequential:
+    """The benchmark's stem: a 3x3 convolution to ``channels``, batch norm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), MetaBatchNorm2d(channels)
+    )
+
+
+def macro_body(
+    channels: int, cells_per_stage: int, cell: Callable[[int], nn.Module]
+) -> tuple[list[nn.Module], int]:
+    """The benchmark's body: the layers, and the last stage's width.
+
+    Three stages of ``cells_per_stage`` cells at ``C``, ``2C``, ``4C`` channels joined by
+    residual reductions.
+
+    Args:
+        channels: ``C``.
+        cells_per_stage: ``N``.
+        cell: Builds one cell for a width (a discrete cell, or a relaxed one).
+    """
+    layers: list[nn.Module] = []
+    width = channels
+    for stage in range(3):
+        if stage > 0:
+            layers.append(ResidualReduction(width, width * 2))
+            width *= 2
+        layers.extend(cell(width) for _ in range(cells_per_stage))
+    return layers, width
+
+
 class NASBench201Network(nn.Module):
     """The macro network of one NAS-Bench-201 architecture: images to ``4C`` features.
 
@@ -149,16 +181,10 @@ class NASBench201Network(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), MetaBatchNorm2d(channels)
+        self.stem = macro_stem(in_channels, channels)
+        layers, width = macro_body(
+            channels, cells_per_stage, lambda width: Cell201(architecture, width)
         )
-        layers: list[nn.Module] = []
-        width = channels
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResidualReduction(width, width * 2))
-                width *= 2
-            layers.extend(Cell201(architecture, width) for _ in range(cells_per_stage))
         self.cells = nn.Sequential(*layers)
         self.last = nn.Sequential(MetaBatchNorm2d(width), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -260,17 +286,7 @@ class NASBench201Space(SearchSpace[Architecture201]):
             skip_below=skip_below,
             **options,
         )
-        if num_classes is None:
-            return network
-        return Classifier(network, network.out_features, num_classes)
-
-    def derive(self, relaxed: nn.Module) -> Architecture201:  # noqa: D102
-        from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
-
-        network = relaxed.backbone if isinstance(relaxed, Classifier) else relaxed
-        if not isinstance(network, NASBench201SearchNetwork):
-            raise ArchitectureError(f"not a relaxation of this space: {type(relaxed).__name__}")
-        return network.genotype()
+        return self.with_head(network, num_classes)
 
     def enumerate(self) -> Iterator[Architecture201]:  # noqa: D102
         yield from itertools.product(OPERATIONS, repeat=len(EDGES))
@@ -285,11 +301,7 @@ class NASBench201Space(SearchSpace[Architecture201]):
             cells_per_stage=self.cells_per_stage,
             in_channels=self.in_channels,
         )
-        return (
-            backbone
-            if num_classes is None
-            else Classifier(backbone, backbone.out_features, num_classes)
-        )
+        return self.with_head(backbone, num_classes)
 
     @staticmethod
     def _check(architecture: Architecture201) -> None:

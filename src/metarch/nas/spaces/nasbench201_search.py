@@ -30,14 +30,23 @@ from metarch.models.context import current_context
 from metarch.models.groups import ARCHITECTURE, WEIGHTS
 from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas.spaces.base import SearchSpace
-from metarch.nas.spaces.executors import Executor, OneTask, TaskGrouped
 from metarch.nas.spaces.nasbench201 import (
     EDGES,
     OPERATIONS,
     Architecture201,
     NASBench201Space,
-    ResidualReduction,
     create_operation201,
+    macro_body,
+    macro_stem,
+)
+from metarch.nas.spaces.relaxation import (
+    Executor,
+    OneTask,
+    TaskGrouped,
+    check_rates,
+    masked_logits,
+    prune_weak,
+    zero_below,
 )
 
 __all__ = ["NASBench201SearchNetwork", "SearchCell201"]
@@ -84,25 +93,14 @@ class NASBench201SearchNetwork(nn.Module):
         genotype: str | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= skip_below < 1.0:
-            raise ValueError(f"skip_below must lie in [0, 1), got {skip_below}")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must lie in [0, 1), got {drop_path}")
+        check_rates(skip_below, drop_path)
         self.skip_below = skip_below
         self.drop_path = drop_path
         self.channels = channels
         self.cells_per_stage = cells_per_stage
         self.in_channels = in_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), MetaBatchNorm2d(channels)
-        )
-        layers: list[nn.Module] = []
-        width = channels
-        for stage in range(3):
-            if stage > 0:
-                layers.append(ResidualReduction(width, width * 2))
-                width *= 2
-            layers.extend(SearchCell201(width) for _ in range(cells_per_stage))
+        self.stem = macro_stem(in_channels, channels)
+        layers, width = macro_body(channels, cells_per_stage, SearchCell201)
         self.cells = nn.ModuleList(layers)
         self.last = nn.Sequential(MetaBatchNorm2d(width), nn.ReLU())
         self.out_features = width
@@ -135,11 +133,7 @@ class NASBench201SearchNetwork(nn.Module):
 
     def _logits(self, alpha: Tensor) -> Tensor:
         """Operation logits with pruned operations at ``-inf`` (weight exactly 0)."""
-        kept: Tensor = self.get_buffer("kept")
-        if bool(kept.all()):
-            return alpha
-        masked: Tensor = alpha.masked_fill(~kept, float("-inf"))
-        return masked
+        return masked_logits(alpha, self.get_buffer("kept"))
 
     @torch.no_grad()
     def prune(self, threshold: float, temperature: float = 1.0) -> int:
@@ -147,13 +141,7 @@ class NASBench201SearchNetwork(nn.Module):
 
         The strongest operation of each edge always stays. Returns how many were removed.
         """
-        weights = torch.softmax(self._logits(self.alpha) / temperature, -1)
-        kept: Tensor = self.get_buffer("kept")
-        weak = kept & (weights < threshold)
-        strongest = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).bool()
-        weak &= ~strongest
-        kept &= ~weak
-        return int(weak.sum())
+        return prune_weak(self.alpha, self.get_buffer("kept"), threshold, temperature)
 
     def kept_operations(self) -> int:
         """Operations still in the meta-architecture (over all 6 edges)."""
@@ -206,10 +194,7 @@ class NASBench201SearchNetwork(nn.Module):
         return operations
 
     def _kept(self, weight: Tensor) -> Tensor:
-        """A weight, or 0 where it is at most the threshold (those operations do not run)."""
-        if self.skip_below <= 0:
-            return weight
-        return weight * (weight > self.skip_below)
+        return zero_below(weight, self.skip_below)
 
     @torch.no_grad()
     def genotype(self, architecture: Mapping[str, Tensor] | None = None) -> Architecture201:

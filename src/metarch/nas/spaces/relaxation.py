@@ -1,12 +1,18 @@
-"""How a relaxation's forward runs: for one task, or for many on the task-batched layout.
+"""What every continuous relaxation shares: how its forward runs, and its operation masks.
 
-A continuous relaxation weights candidate operations per task, and skips those whose
+How the forward runs, for one task or for many on the task-batched layout: a continuous
+relaxation weights candidate operations per task, and skips those whose
 weight is below a threshold, so the task-batched engine cannot trace it once for all. Its
 forward is written once against an :class:`Executor` (read a parameter, run a child module,
 weight an output, concatenate, decide whether an operation is needed, drop paths): plainly
 for one task (:class:`OneTask`), and on the engine's grouped layout (:class:`TaskGrouped`),
 where every task has its own architecture weights and an operation is skipped for exactly
 the tasks whose weight is below the threshold.
+
+Operation masks: a relaxation keeps a boolean mask of the operations still in its
+meta-architecture; pruned operations get logit ``-inf`` (weight exactly 0, no gradient).
+:func:`prune_weak` removes the weak ones but never the strongest of a choice, so every
+choice keeps a valid distribution.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ from torch import Tensor, nn
 
 from metarch.meta.batched import BatchedNormContext, Params, concat_channels, scale_per_task
 
-__all__ = ["Executor", "OneTask", "TaskGrouped"]
+__all__ = [
+    "Executor",
+    "OneTask",
+    "TaskGrouped",
+    "check_rates",
+    "masked_logits",
+    "prune_weak",
+    "zero_below",
+]
 
 
 class Executor(Protocol):
@@ -112,3 +126,43 @@ class TaskGrouped:
         keep = x.new_empty(x.shape[0], tasks, *([1] * (x.dim() - 1))).bernoulli_(1.0 - probability)
         dropped: Tensor = (per_task * keep / (1.0 - probability)).flatten(1, 2)
         return dropped
+
+
+def check_rates(skip_below: float, drop_path: float) -> None:
+    """Refuse a skip threshold or drop-path probability outside ``[0, 1)``."""
+    if not 0.0 <= skip_below < 1.0:
+        raise ValueError(f"skip_below must lie in [0, 1), got {skip_below}")
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"drop_path must lie in [0, 1), got {drop_path}")
+
+
+def masked_logits(logits: Tensor, kept: Tensor) -> Tensor:
+    """``logits`` with the entries ``kept`` excludes at ``-inf``."""
+    if bool(kept.all()):
+        return logits
+    masked: Tensor = logits.masked_fill(~kept, float("-inf"))
+    return masked
+
+
+@torch.no_grad()
+def prune_weak(logits: Tensor, kept: Tensor, threshold: float, temperature: float) -> int:
+    """Clear ``kept`` (in place) where ``softmax(logits / temperature)`` is below ``threshold``.
+
+    The strongest entry of every row stays, so each row keeps a valid distribution.
+
+    Returns:
+        How many entries were removed now.
+    """
+    weights = torch.softmax(masked_logits(logits, kept) / temperature, -1)
+    weak = kept & (weights < threshold)
+    strongest = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).bool()
+    weak &= ~strongest
+    kept &= ~weak
+    return int(weak.sum())
+
+
+def zero_below(weight: Tensor, threshold: float) -> Tensor:
+    """``weight``, or 0 where it is at most ``threshold`` (those operations do not run)."""
+    if threshold <= 0:
+        return weight
+    return weight * (weight > threshold)
