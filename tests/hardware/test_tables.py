@@ -41,7 +41,7 @@ def test_reads_latencies_of_any_devices(tmp_path: Path) -> None:
     ],
 )
 def test_bad_tables_say_what_is_wrong_and_where(tmp_path: Path, text: str, words: str) -> None:
-    with pytest.raises(LatencyTableError, match="latency.csv") as caught:
+    with pytest.raises(LatencyTableError, match=r"latency\.csv") as caught:
         DeviceLatencyTable.from_csv(table(tmp_path, text))
     assert words in str(caught.value)
 
