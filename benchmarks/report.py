@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,8 @@ def write_report(report: dict[str, Any], out: str | Path, *, as_json: bool) -> b
 
 def command_line() -> str:
     """The command that runs this script, as BENCHMARKS.md quotes it (paths inside the
-    repository relative to its root)."""
-    return " ".join(["python", *(_relative_argument(argument) for argument in sys.argv)])
+    repository relative to its root; arguments with spaces quoted for the shell)."""
+    return shlex.join(["python", *(_relative_argument(argument) for argument in sys.argv)])
 
 
 def _relative_argument(argument: str) -> str:

@@ -510,6 +510,95 @@ def device_latency_lines(report: Table) -> list[str]:
     return lines
 
 
+# -- MetaNAS against the reference implementation ---------------------------------------
+
+
+def metanas_reference_table(report: Table) -> list[str]:
+    """Seconds per MetaNAS meta-iteration: the patched reference against metarch.
+
+    Lists the run-time patches of the reference, what happens without each (when probed),
+    the machine, the load it was under and the command.
+    """
+    load = report["workload"]
+    reference = report["reference"]
+    warmup = report["warmup"]
+    revision = (reference.get("revision") or "unknown revision")[:7]
+    patches = ", ".join(f"`{name}`" for name in reference.get("patches", {}))
+    lines = [
+        f"Reference `{reference['repository']}` at `{revision}`, on torch "
+        f"{reference.get('torch') or '?'} (peers' venv), patched at run time: "
+        f"{patches or 'none'}. Workload `{load['config']}` with the warm-up off: "
+        f"{load['ways']}-way, {load['shots']} shots and {load['queries']} query a class, "
+        f"meta-batch {load['meta_batch']}, {load['steps']} inner mini-batches of "
+        f"{load['inner_batch']} (an architecture step, then a weight step), C = "
+        f"{load['channels']}, {load['cells']} cells; data: {load['data']}. One process per "
+        f"implementation on {report['threads']} thread{'' if report['threads'] == 1 else 's'}, "
+        f"{warmup} warm-up and "
+        f"{report['iterations']} timed meta-iterations, median"
+        + (f" over {report['rounds']} rounds" if report["rounds"] > 1 else "")
+        + ".",
+        "",
+        "| implementation | s / meta-iteration | reference / this | timed iterations (s) "
+        "| peak RSS |",
+        "|---|---:|---:|---|---:|",
+    ]
+    speed = {
+        row["impl"]: row["seconds_per_iteration"]
+        for row in report["results"]
+        if row.get("seconds_per_iteration")
+    }
+    for row in report["results"]:
+        impl = row["impl"]
+        if impl == "reference":
+            name = "reference (patched)"
+        else:
+            ran_as = row.get("ran_as")
+            shown = ran_as and not impl.endswith(ran_as)  # what ``auto`` resolved to
+            name = impl_name(impl) + (f" ({ran_as})" if shown else "")
+        if "error" in row:
+            where = f" (`{row['where']}`)" if row.get("where") else ""
+            lines.append(f"| {name} | error: {row['error']}{where} | | | |")
+            continue
+        took = row["seconds_per_iteration"]
+        ratio = speed["reference"] / took if "reference" in speed else None
+        timed = ", ".join(f"{s:.2f}" for s in row["iteration_seconds"][warmup:])
+        fastest = impl != "reference" and took == min(speed.values())
+        lines.append(
+            f"| {bold(name, fastest)} | {took:.2f} "
+            f"| {'n/a' if ratio is None else bold(f'{ratio:.2f}x', fastest)} | {timed} "
+            f"| {row['peak_rss_mb']:,.0f} MB |"
+        )
+    if report.get("patch_probe"):
+        lines += [
+            "",
+            "The reference without each patch (one meta-iteration):",
+            "",
+            "| patch left out | outcome |",
+            "|---|---|",
+        ]
+        for probe in report["patch_probe"]:
+            if probe["outcome"] == "fails":
+                where = f" at `{probe['where']}`" if probe.get("where") else ""
+                outcome = f"fails{where}: {probe['error']}"
+            else:
+                change = probe.get("meta_weights_max_change")
+                moved = "n/a" if change is None else sci(change)
+                outcome = f"runs; largest change of a meta-weight after the meta-step: {moved}"
+            lines.append(f"| `{probe['without']}` | {outcome} |")
+    machine = report.get("machine", {})
+    lines += [
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; metarch on "
+        f"torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}."
+        + (f" Note: {report['note'].rstrip('.')}." if report.get("note") else ""),
+        "",
+        "```bash",
+        report.get("command", ""),
+        "```",
+    ]
+    return lines
+
+
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     "episodes": (("episodes.json",), episodes_table),
     "meta-step-full": (("meta_step.json",), meta_step_full),
@@ -525,6 +614,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         tiny_imagenet_fs,
     ),
     "metanas": (("metanas.json",), metanas_table),
+    "metanas-reference": (("metanas_reference.json",), metanas_reference_table),
 }
 
 

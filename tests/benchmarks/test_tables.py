@@ -123,3 +123,65 @@ def test_every_section_names_existing_json() -> None:
     for name, (files, _) in tables.SECTIONS.items():
         for file in files:
             assert json.loads((BENCHMARKS / "results" / file).read_text()), name
+
+
+def test_metanas_reference_renderer_on_a_hand_made_report() -> None:
+    report = {
+        "workload": {
+            "config": "configs/omniglot-metanas-20w1s.yaml",
+            "ways": 20,
+            "shots": 15,
+            "queries": 1,
+            "meta_batch": 5,
+            "steps": 5,
+            "inner_batch": 20,
+            "channels": 8,
+            "cells": 4,
+            "data": "random images (Omniglot not found)",
+        },
+        "reference": {
+            "repository": "boschresearch/metanas",
+            "revision": "950f7747644d",
+            "torch": "2.13.0+cpu",
+            "patches": {"torchmeta": "why", "cpu-drop-path": "why"},
+        },
+        "threads": 1,
+        "warmup": 1,
+        "iterations": 2,
+        "rounds": 1,
+        "results": [
+            {
+                "impl": "reference",
+                "seconds_per_iteration": 30.0,
+                "iteration_seconds": [40.0, 29.0, 31.0],
+                "peak_rss_mb": 650.0,
+            },
+            {
+                "impl": "metarch-auto",
+                "ran_as": "task-batched",
+                "seconds_per_iteration": 20.0,
+                "iteration_seconds": [25.0, 19.0, 21.0],
+                "peak_rss_mb": 2700.0,
+            },
+            {"impl": "metarch-loop", "error": "boom"},
+        ],
+        "patch_probe": [
+            {"without": "torchmeta", "outcome": "fails", "error": "E", "where": "f.py:1 in g"},
+            {"without": "zero-grad-keeps-tensors", "outcome": "runs", "meta_weights_max_change": 0},
+        ],
+        "note": "busy machine.",
+        "machine": {"cpu": "x86_64", "cores": 2, "torch": "2.13.0+cpu", "python": "3.11.7"},
+        "command": "python benchmarks/metanas_reference.py --reference /tmp/ref",
+    }
+    lines = _tables().metanas_reference_table(report)
+    assert lines[0].startswith("Reference `boschresearch/metanas` at `950f774`, on torch 2.13")
+    assert "`torchmeta`, `cpu-drop-path`" in lines[0]
+    assert "| reference (patched) | 30.00 | 1.00x | 29.00, 31.00 | 650 MB |" in lines
+    assert (
+        "| **metarch auto (task-batched)** | 20.00 | **1.50x** | 19.00, 21.00 | 2,700 MB |" in lines
+    )
+    assert "| metarch loop | error: boom | | | |" in lines
+    assert "| `torchmeta` | fails at `f.py:1 in g`: E |" in lines
+    assert any(line.startswith("| `zero-grad-keeps-tensors` | runs;") for line in lines)
+    assert any("Note: busy machine." in line for line in lines)
+    assert "python benchmarks/metanas_reference.py --reference /tmp/ref" in lines
