@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from metarch.engine.config import OptimizerConfig, dump_config, load_config, parse_yaml
+from metarch.engine.config import (
+    OptimizerConfig,
+    apply_overrides,
+    dump_config,
+    load_config,
+    parse_yaml,
+)
 from metarch.errors import ConfigError
 
 
@@ -266,3 +272,15 @@ def test_options_a_constructor_rejects_together_are_config_errors(data_root: Pat
     )
     with pytest.raises(ConfigError, match=r"^method.options: adam_state='sequential' needs"):
         build_learner(config, (1, 28, 28))
+
+
+def test_set_takes_architecture_strings_as_text_and_names_broken_lists() -> None:
+    text = "|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    assert apply_overrides({}, [f"model.options.genotype={text}"]) == {
+        "model": {"options": {"genotype": text}}
+    }
+    assert apply_overrides({}, ["steps=20", "a.b=[1, 2]"]) == {"steps": 20, "a": {"b": [1, 2]}}
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides({}, ["a.b=[1, 2"])
+    message = str(caught.value)
+    assert message.startswith("--set a.b: cannot parse '[1, 2' at column") and "\n" not in message

@@ -482,10 +482,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set takes KEY=VALUE, got {override!r}")
-        try:
-            value = parse_yaml(raw) if raw else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse {raw!r} ({exc})") from None
+        value = _override_value(key, raw)
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
@@ -495,6 +492,26 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node = child
         node[parts[-1]] = value
     return result
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """A ``--set`` value: YAML, or the text itself where it is plain text YAML rejects.
+
+    Architecture strings such as ``|nor_conv_3x3~0|+...`` start with a YAML block-scalar
+    indicator; taken as text they need no quoting. A value that opens a list or mapping
+    (``[``, ``{``) must parse, so a typo there is an error, in one line.
+    """
+    if not raw:
+        return ""
+    try:
+        return parse_yaml(raw)
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] not in ("[", "{", '"', "'"):
+            return raw
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"--set {key}: cannot parse {raw!r}{where}: {problem}") from None
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
