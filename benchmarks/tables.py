@@ -429,6 +429,15 @@ def probe_table(probe: Table) -> list[str]:
 # -- MetaNAS -------------------------------------------------------------------------------
 
 
+def ablation_of(config: str) -> str | None:
+    """What a MetaNAS ablation config fixes, from its name (``None`` for MetaNAS itself)."""
+    if "-metanas-uniform-" in config:
+        return "ablation: uniform architecture, never adapted"
+    if "-cell-" in config:
+        return "ablation: one fixed cell"
+    return None
+
+
 def metanas_table(report: Table) -> list[str]:
     """MetaNAS next to the manual baselines of the same tasks: accuracy, cost, training time.
 
@@ -451,7 +460,14 @@ def metanas_table(report: Table) -> list[str]:
                 continue
             seconds = row.get("train_seconds_total")
             minutes = f"{seconds / 60:.0f} min, {row['steps']:,} steps" if seconds else "-"
-            name = f"**{row['config']}**" if searched else row["config"]
+            ablation = ablation_of(row["config"]) if searched else None
+            name = (
+                row["config"]
+                if not searched
+                else f"{row['config']} ({ablation})"
+                if ablation
+                else f"**{row['config']}**"
+            )
             latency = row.get("latency_ms")
             distinct = f"{row['distinct_architectures']} of {row['episodes']}" if searched else ""
             lines.append(
@@ -459,7 +475,7 @@ def metanas_table(report: Table) -> list[str]:
                 f"| {row['parameters']:,} | {row['flops_per_image'] / 1e6:.2f} "
                 f"| {f'{latency:.2f} ms' if latency is not None else '-'} | {distinct} |"
             )
-            if searched:
+            if searched and not ablation:
                 shares = ", ".join(
                     f"{share['tasks']} task{'' if share['tasks'] == 1 else 's'} "
                     f"({share['accuracy']:.1f} %)"
@@ -504,8 +520,10 @@ def device_latency_lines(report: Table) -> list[str]:
             latency = " | ".join(
                 f"{cell['latency_ms'][d]:.1f} ({cell['faster_share'][d]:.0f} %)" for d in devices
             )
+            cell_name = name.replace("|", "\\|")  # a table cell: NAS-Bench-201 strings hold |
             lines.append(
-                f"| {row['config']}, {row['task']} | `{name}` | {tasks} | {accuracy} | {latency} |"
+                f"| {row['config']}, {row['task']} | `{cell_name}` | {tasks} | {accuracy} "
+                f"| {latency} |"
             )
     return lines
 
