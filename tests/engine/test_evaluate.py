@@ -250,3 +250,38 @@ def test_lake_runs_extracted_into_the_data_root(
     assert code == 0, err
     result = _strict_json(out)
     assert result["error_percent"] == 0.0 and result["step"] == 3
+
+
+def test_evaluation_may_change_only_how_the_learner_adapts(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = trained
+    config = {
+        "steps": 2,
+        "method": {"name": "reptile", "options": {"steps": 2, "eval_steps": 3}},
+        "model": {"name": "conv4", "options": {"hidden": 8}},
+        "data": {"train_set": "background", "val_set": None},
+        "episodes": {"ways": 3, "shots": 1, "queries": 2},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    Trainer(load_config(path), run, data_root=root).run()
+    args = ["evaluate", "--run", str(run), "--data-root", str(root), "--dataset", "evaluation"]
+    args += ["--ways", "3", "--queries", "2", "--episodes", "6", "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    plain = json.loads(out)
+    code, out, err = run_cli([*args, "--set", "method.options.eval_steps=0"], capsys)
+    assert code == 0, err
+    unadapted = json.loads(out)
+    assert unadapted["settings"] == ["method.options.eval_steps=0"] and "settings" not in plain
+    assert unadapted["accuracy"] != plain["accuracy"]
+    # What was trained cannot change at evaluation, and unknown settings are named.
+    code, _, err = run_cli([*args, "--set", "method.options.steps=5"], capsys)
+    assert code == 2 and "evaluation may change only how the trained learner adapts" in err
+    code, _, err = run_cli([*args, "--set", "method.options.eval_step=5"], capsys)
+    assert code == 2 and "eval_step" in err
+    # The old spelling --set NAME still picks the data set.
+    code, out, err = run_cli([*args[:5], "--set", "evaluation", *args[7:]], capsys)
+    assert code == 0 and "deprecated" in err

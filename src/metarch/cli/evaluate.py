@@ -16,7 +16,7 @@ from metarch.cli.data import (
     DEFAULT_SHOTS,
     DEFAULT_WAYS,
 )
-from metarch.cli.options import DATA_ROOT_OPTION, LEGACY_SET_OPTION, data_root_from, pick_dataset
+from metarch.cli.options import DATA_ROOT_OPTION, data_root_from, pick_dataset
 from metarch.cli.progress import show_progress
 from metarch.engine.evaluate import evaluate_episodes, evaluate_lake, load_trained_learner
 from metarch.errors import ConfigError
@@ -51,7 +51,13 @@ def evaluate(
         metavar="NAME",
         help="Set name, SET:PART of a named split, or a split file (--protocol episodes).",
     ),
-    legacy_set: str | None = LEGACY_SET_OPTION,
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Change how the trained learner adapts at test time: method.options.eval_*"
+        "=VALUE, e.g. method.options.eval_batch_size=15 (repeatable).",
+    ),
     ways: int = typer.Option(DEFAULT_WAYS, "--ways", help="Classes per episode (N)."),
     shots: int = typer.Option(DEFAULT_SHOTS, "--shots", help="Support images per class (K)."),
     queries: int = typer.Option(
@@ -81,7 +87,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Mean accuracy with a 95% confidence interval, or Lake's one-shot error."""
-    set_name = pick_dataset(dataset, legacy_set, DEFAULT_EPISODE_SET)
+    overrides = [item for item in settings if "=" in item]
+    legacy_sets = [item for item in settings if "=" not in item]  # --set NAME: a data set
+    if len(legacy_sets) > 1:
+        raise ConfigError(f"--set NAME given {len(legacy_sets)} times; pass --dataset once")
+    set_name = pick_dataset(dataset, legacy_sets[0] if legacy_sets else None, DEFAULT_EPISODE_SET)
     if protocol not in ("episodes", "lake-runs"):
         raise ConfigError(f"--protocol must be 'episodes' or 'lake-runs', got {protocol!r}")
     for option, value in (
@@ -98,9 +108,11 @@ def evaluate(
         raise ConfigError(f"--tta-strength must be in (0, 1], got {tta_strength}")
     augmentation = TestTimeAugmentation.with_strength(tta, tta_strength) if tta else None
     root = data_root_from(data_root)
-    model = load_trained_learner(run, checkpoint)
+    model = load_trained_learner(run, checkpoint, overrides)
     image_size = model.inputs.shape[1]
-    source = {"checkpoint": str(model.checkpoint), "step": model.step}
+    source: dict[str, Any] = {"checkpoint": str(model.checkpoint), "step": model.step}
+    if overrides:
+        source["settings"] = overrides
     with show_progress():
         if protocol == "lake-runs":
             lake = evaluate_lake(

@@ -250,16 +250,37 @@ class TrainedModel:
     step: int
 
 
-def load_trained_learner(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
+#: The config keys evaluation may change: how a trained learner adapts at test time.
+TEST_TIME_KEYS = "method.options.eval_"
+
+
+def load_trained_learner(
+    run_dir: Path, checkpoint: str = "best", overrides: Sequence[str] = ()
+) -> TrainedModel:
     """The learner of a run, with the weights of checkpoint ``best``, ``last`` or a path.
 
     ``best`` falls back to ``last`` for runs that never validated. The model is built for
     the input shape the checkpoint records (runs saved before it was recorded: 1 channel).
+
+    Args:
+        run_dir: The run directory.
+        checkpoint: ``best``, ``last`` or a checkpoint's sidecar.
+        overrides: ``KEY=VALUE`` changes of test-time adaptation settings
+            (``method.options.eval_*``, e.g. the reference's 15-image mini-batches at
+            5 shots); anything else would change what was trained and is refused.
     """
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); pass --run RUN_DIR")
-    config = load_config(config_file)
+    for override in overrides:
+        key = override.partition("=")[0]
+        if not key.startswith(TEST_TIME_KEYS):
+            raise ConfigError(
+                f"--set {key}: evaluation may change only how the trained learner adapts "
+                f"({TEST_TIME_KEYS}*, e.g. {TEST_TIME_KEYS}steps=50); {key} changes what "
+                "was trained: train a run with it instead"
+            )
+    config = load_config(config_file, overrides)
     if checkpoint in ("best", "last"):
         path = run_dir / f"{checkpoint}.json"
         if checkpoint == "best" and not path.exists():
