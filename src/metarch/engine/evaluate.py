@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,7 +293,9 @@ def load_trained_learner(
         raise ConfigError(str(exc)) from None
     inputs = ModelInputs.from_json(state.inputs, config)
     learner = build_learner(config, inputs.shape)
-    check_state_fits(learner.state_dict(), state.model_state, path, config_file)
+    check_state_fits(
+        learner.state_dict(), state.model_state, path, config_file, optional_state(learner)
+    )
     try:
         learner.load_state_dict(state.model_state)
     except RuntimeError as exc:
@@ -304,13 +306,29 @@ def load_trained_learner(
     return TrainedModel(learner, config, inputs, path, state.step)
 
 
+def optional_state(model: torch.nn.Module) -> set[str]:
+    """State a checkpoint may lack: the module fills it in when loading older checkpoints.
+
+    A module declares such entries by their local names with ``optional_state()``.
+    """
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        declared = getattr(module, "optional_state", None)
+        if callable(declared):
+            names.update(f"{prefix}.{name}" if prefix else name for name in declared())
+    return names
+
+
 def check_state_fits(
     model: Mapping[str, torch.Tensor],
     checkpoint: Mapping[str, torch.Tensor],
     path: Path,
     config_file: Path,
+    optional: Collection[str] = (),
 ) -> None:
     """Refuse checkpoint tensors that do not fit the model a config builds, naming the first.
+
+    ``optional`` names model state an older checkpoint may lack (see :func:`optional_state`).
 
     Raises:
         ConfigError: Naming the checkpoint, the first tensor that is missing, extra or of
@@ -318,6 +336,8 @@ def check_state_fits(
     """
     problems: list[str] = []
     for name, tensor in model.items():
+        if name not in checkpoint and name in optional:
+            continue
         if name not in checkpoint:
             problems.append(f"the model's tensor {name!r} ({_shape(tensor.shape)}) is missing")
         elif tuple(checkpoint[name].shape) != tuple(tensor.shape):

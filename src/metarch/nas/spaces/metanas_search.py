@@ -201,6 +201,10 @@ class MetaNASSearchNetwork(nn.Module):
                     kept[source].fill_(False)
                     kept[source, FEW_SHOT_OPERATIONS.index(operation)] = True
 
+    def optional_state(self) -> list[str]:
+        """Buffers runs saved before input pairs could be restricted lack (every pair kept)."""
+        return [_kept_pairs_name(kind, node) for kind in CELL_TYPES for node in range(NODES)]
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -211,14 +215,9 @@ class MetaNASSearchNetwork(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # Runs saved before input pairs could be restricted kept every pair.
-        for kind in CELL_TYPES:
-            for node in range(NODES):
-                key = prefix + _kept_pairs_name(kind, node)
-                if key not in state_dict:
-                    state_dict[key] = getattr(self, _kept_pairs_name(kind, node)).new_ones(
-                        len(input_pairs(node))
-                    )
+        for name in self.optional_state():
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.ones_like(self.get_buffer(name))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
