@@ -247,6 +247,8 @@ def run_configs(args: argparse.Namespace) -> None:
     runs = trained_runs(paths, Path(args.runs), data, args.overrides, rows, train=args.train)
     for path, run, seconds in runs:
         for task in tasks_of(path.stem):
+            if args.tasks and task_name(task) not in args.tasks:
+                continue
             row: dict[str, Any] = {
                 "config": path.stem,
                 "run": repo_relative(run),
@@ -301,6 +303,13 @@ def main() -> None:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        default=[],
+        help="test only this task, e.g. '5-way 1-shot' (repeatable; default: all)",
+    )
     parser.add_argument(
         "--no-train",
         dest="train",
