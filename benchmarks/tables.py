@@ -470,9 +470,15 @@ def metanas_table(report: Table) -> list[str]:
             )
             latency = row.get("latency_ms")
             distinct = f"{row['distinct_architectures']} of {row['episodes']}" if searched else ""
+            parameters = f"{row['parameters']:,}"
+            flops = f"{row['flops_per_image'] / 1e6:.2f}"
+            if ablation and "uniform" in ablation:
+                # Every operation of the relaxation runs: no one cell's cost applies.
+                parameters = flops = "whole relaxation"
+                latency = row.get("relaxed_latency_ms")
             lines.append(
                 f"| {name} | {task} | {row['accuracy']:.2f} ± {row['ci95']:.2f} % | {minutes} "
-                f"| {row['parameters']:,} | {row['flops_per_image'] / 1e6:.2f} "
+                f"| {parameters} | {flops} "
                 f"| {f'{latency:.2f} ms' if latency is not None else '-'} | {distinct} |"
             )
             if searched and not ablation:
