@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import (  # noqa: E402 (benchmarks are scripts, not a package)
     add_output_arguments,
     episode_arrays,
+    episode_batch,
     output_path,
     print_worker_result,
     rss_mb,
@@ -127,20 +128,7 @@ def write_inputs(folder: Path, data_root: str | None) -> str:
 
 
 def load_inputs(folder: Path) -> tuple[dict[str, np.ndarray], Any]:
-    from metarch.data.episodes import EpisodeBatch
-
-    arrays = dict(np.load(folder / "batch.npz"))
-    zeros = torch.zeros(TASKS, 1, dtype=torch.long)
-    batch = EpisodeBatch(
-        support_images=torch.from_numpy(arrays["support_x"]),
-        support_labels=torch.from_numpy(arrays["support_y"]),
-        query_images=torch.from_numpy(arrays["query_x"]),
-        query_labels=torch.from_numpy(arrays["query_y"]),
-        entries=zeros,
-        support_image_ids=zeros,
-        query_image_ids=zeros,
-        task_indices=torch.arange(TASKS),
-    )
+    batch = episode_batch(dict(np.load(folder / "batch.npz")))
     return dict(np.load(folder / "weights.npz")), batch
 
 

@@ -79,6 +79,7 @@ from report import (
     ROOT,
     add_output_arguments,
     episode_arrays,
+    episode_batch,
     output_path,
     peak_rss_mb,
     repo_relative,
@@ -187,21 +188,7 @@ def write_batch(folder: Path, load: dict[str, Any], data_root: str | None) -> st
 
 
 def load_batch(path: Path) -> Any:
-    from metarch.data.episodes import EpisodeBatch
-
-    arrays = dict(np.load(path))
-    tasks = arrays["support_x"].shape[0]
-    zeros = torch.zeros(tasks, 1, dtype=torch.long)
-    return EpisodeBatch(
-        support_images=torch.from_numpy(arrays["support_x"]),
-        support_labels=torch.from_numpy(arrays["support_y"]),
-        query_images=torch.from_numpy(arrays["query_x"]),
-        query_labels=torch.from_numpy(arrays["query_y"]),
-        entries=zeros,
-        support_image_ids=zeros,
-        query_image_ids=zeros,
-        task_indices=torch.arange(tasks),
-    )
+    return episode_batch(dict(np.load(path)))
 
 
 # -- metarch worker ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ __all__ = [
     "add_output_arguments",
     "command_line",
     "episode_arrays",
+    "episode_batch",
     "machine",
     "output_path",
     "peak_rss_mb",
@@ -193,6 +194,24 @@ def episode_arrays(
             "query_y": labels.repeat_interleave(queries).expand(tasks, -1).numpy().copy(),
         }
         return arrays, "random images (Omniglot not found)"
+
+
+def episode_batch(arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> Any:
+    """The :class:`~metarch.data.episodes.EpisodeBatch` of :func:`episode_arrays`' arrays."""
+    from metarch.data.episodes import EpisodeBatch
+
+    tasks = arrays["support_x"].shape[0]
+    zeros = torch.zeros(tasks, 1, dtype=torch.long)
+    return EpisodeBatch(
+        support_images=torch.from_numpy(arrays["support_x"]).to(dtype),
+        support_labels=torch.from_numpy(arrays["support_y"]),
+        query_images=torch.from_numpy(arrays["query_x"]).to(dtype),
+        query_labels=torch.from_numpy(arrays["query_y"]),
+        entries=zeros,
+        support_image_ids=zeros,
+        query_image_ids=zeros,
+        task_indices=torch.arange(tasks),
+    )
 
 
 def print_worker_result(impl: str, times: list[float], setup_rss: float) -> None:

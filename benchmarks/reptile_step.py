@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import (
     add_output_arguments,
     episode_arrays,
+    episode_batch,
     output_path,
     print_worker_result,
     rss_mb,
@@ -81,20 +82,7 @@ def write_batch(folder: Path, data_root: str | None) -> str:
 
 
 def load_batch(folder: Path, dtype: torch.dtype) -> Any:
-    from metarch.data.episodes import EpisodeBatch
-
-    arrays = dict(np.load(folder / "batch.npz"))
-    zeros = torch.zeros(TASKS, 1, dtype=torch.long)
-    return EpisodeBatch(
-        support_images=torch.from_numpy(arrays["support_x"]).to(dtype),
-        support_labels=torch.from_numpy(arrays["support_y"]),
-        query_images=torch.from_numpy(arrays["query_x"]).to(dtype),
-        query_labels=torch.from_numpy(arrays["query_y"]),
-        entries=zeros,
-        support_image_ids=zeros,
-        query_image_ids=zeros,
-        task_indices=torch.arange(TASKS),
-    )
+    return episode_batch(dict(np.load(folder / "batch.npz")), dtype)
 
 
 class ImperativeReptile:
