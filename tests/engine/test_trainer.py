@@ -260,9 +260,11 @@ def load_file_initial(run: Path) -> torch.Tensor:
 def test_shipped_configs_are_valid(path: Path) -> None:
     config = load_config(path)
     if "-metanas-" in path.stem:
-        # <set>-metanas[-ablation]-<ways>w<K>s: the relaxed cell space, meta-trained on
-        # 15 support shots per class (the reference), validated on the named task.
-        assert (config.method.name, config.model.name) == ("metanas", "metanas-search")
+        # <set>-metanas[-variant]-<ways>w<K>s: a relaxed cell space (NAS-Bench-201's for
+        # -nb201-, else MetaNAS's), meta-trained on 15 support shots per class (the
+        # reference), validated on the named task.
+        space = "nasbench201-search" if "-nb201-" in path.stem else "metanas-search"
+        assert (config.method.name, config.model.name) == ("metanas", space)
         task_ways, task_shots = map(int, path.stem.rsplit("-", 1)[1].rstrip("s").split("w"))
         episode = config.validation_episode
         assert (episode.ways, episode.shots) == (task_ways, task_shots)

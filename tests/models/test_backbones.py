@@ -113,9 +113,11 @@ def test_registry() -> None:
     assert {"conv4", "conv4-strided", "resnet12"} <= set(MODELS.names())
     with pytest.raises(UnknownNameError, match="did you mean 'resnet12'") as info:
         create_model("resnet-12")
-    assert "known: conv4, conv4-strided, metanas-genotype, metanas-search, mlp, resnet12" in str(
-        info.value
+    known = (
+        "known: conv4, conv4-strided, metanas-genotype, metanas-search, mlp, "
+        "nasbench201-genotype, nasbench201-search, resnet12"
     )
+    assert known in str(info.value)
     assert isinstance(info.value, KeyError)
 
 
