@@ -22,6 +22,7 @@ from metarch.nas.spaces.base import SearchSpace
 from metarch.nas.spaces.metanas import Genotype
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork, input_pairs
 from tests.meta.helpers import flat_grad, make_batch
+from tests.nas.relaxation_checks import operations_run
 
 OPS = len(FEW_SHOT_OPERATIONS)
 GENOTYPE = (
@@ -383,12 +384,7 @@ def test_a_relaxation_restricted_to_a_genotype_is_its_discrete_network() -> None
             assert beta.grad is not None and alpha.grad is not None
             assert not beta.grad.any() and not alpha.grad.any()  # softmax of one logit
     # Only the genotype's operations run (the mixed operations' other children never do).
-    calls: list[str] = []
-    for name, module in supernet.named_modules():
-        if ".edges." in name and name.count(".") == 5:
-            module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
-    with torch.no_grad():
-        supernet(x)
+    calls = operations_run(supernet, 5, x)
     assert len(calls) == len(supernet.cells) * 2 * 3
     # Runs saved before pairs could be restricted load with every pair kept.
     state = {k: v for k, v in supernet.state_dict().items() if "kept_pairs" not in k}

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarch.meta import MAML, Reptile
+from metarch.meta import Reptile
 from metarch.models.context import forward_context
 from metarch.models.groups import model_parameter_groups
 from metarch.nas import create_space
 from metarch.nas.ops import FEW_SHOT_OPERATIONS
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork, input_pairs
 from tests.meta.helpers import flat_grad, make_batch
+from tests.nas.relaxation_checks import assert_batched_meta_gradient_equals_the_loop
 
 OPS = len(FEW_SHOT_OPERATIONS)
 
@@ -84,25 +85,9 @@ def test_operations_below_the_threshold_do_not_run_and_get_no_gradient() -> None
 def test_batched_meta_gradient_equals_the_loop_at_second_order(
     skip_below: float, temperature: float
 ) -> None:
-    # Architecture weights adapt per task (their own inner optimizer), so after the first
-    # step tasks differ in which operations fall below the threshold.
-    grads = []
-    for batching in ("loop", "batched"):
-        model = small_relaxation(skip_below=skip_below, init_scale=0.5)
-        learner = MAML(
-            model,
-            inner_lr=0.1,
-            steps=2,
-            batching=batching,
-            inner_optimizer={"weights": "sgd", "architecture": {"name": "adam", "lr": 0.2}},
-            task_threads=1,
-        )
-        with forward_context(temperature=temperature):
-            learner.compute_meta_gradients(make_batch(tasks=3, ways=3))
-        assert learner.batching == batching
-        grads.append(flat_grad([p for p in model.parameters() if p.requires_grad]))
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
-    assert grads[0].abs().sum() > 0
+    assert_batched_meta_gradient_equals_the_loop(
+        lambda: small_relaxation(skip_below=skip_below, init_scale=0.5), temperature
+    )
 
 
 @pytest.mark.parametrize("weights_rule", ["adam", "sgd"])

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarch.meta import MAML
-from metarch.models.context import forward_context
 from metarch.models.groups import model_parameter_groups
 from metarch.nas import create_space
 from metarch.nas.methods.metanas import MetaNAS
 from metarch.nas.spaces.nasbench201 import OPERATIONS
 from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
-from tests.meta.helpers import flat_grad, make_batch
+from tests.meta.helpers import make_batch
+from tests.nas.relaxation_checks import assert_batched_meta_gradient_equals_the_loop, operations_run
 
 ARCHITECTURE = (
     "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|none~0|nor_conv_1x1~1|nor_conv_3x3~2|"
@@ -66,12 +65,7 @@ def test_a_relaxation_restricted_to_an_architecture_is_its_discrete_network() ->
     torch.testing.assert_close(supernet(x), discrete(x), rtol=1e-10, atol=1e-12)
     assert space.derive(supernet) == architecture
     # Only the architecture's operations run: none never, the others once per cell.
-    calls: list[str] = []
-    for name, module in supernet.named_modules():
-        if ".edges." in name and name.count(".") == 4:
-            module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
-    with torch.no_grad():
-        supernet(x)
+    calls = operations_run(supernet, 4, x)
     runs = sum(op != "none" for op in architecture)
     assert len(calls) == 3 * 2 * runs
 
@@ -99,23 +93,9 @@ def test_operations_below_the_threshold_do_not_run_and_get_no_gradient() -> None
 def test_batched_meta_gradient_equals_the_loop_at_second_order(
     skip_below: float, temperature: float
 ) -> None:
-    grads = []
-    for batching in ("loop", "batched"):
-        model = small_relaxation(skip_below=skip_below, init_scale=0.5)
-        learner = MAML(
-            model,
-            inner_lr=0.1,
-            steps=2,
-            batching=batching,
-            inner_optimizer={"weights": "sgd", "architecture": {"name": "adam", "lr": 0.2}},
-            task_threads=1,
-        )
-        with forward_context(temperature=temperature):
-            learner.compute_meta_gradients(make_batch(tasks=3, ways=3))
-        assert learner.batching == batching
-        grads.append(flat_grad([p for p in model.parameters() if p.requires_grad]))
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-10)
-    assert grads[0].abs().sum() > 0
+    assert_batched_meta_gradient_equals_the_loop(
+        lambda: small_relaxation(skip_below=skip_below, init_scale=0.5), temperature
+    )
 
 
 def test_metanas_adapts_a_nasbench201_cell_per_task() -> None:
