@@ -259,6 +259,7 @@ def run_configs(args: argparse.Namespace) -> None:
                 "config_steps": load_config(path).steps,
                 "train_seconds_this_call": seconds,
                 "train_seconds_total": total_train_seconds(run),
+                "train_cpu_seconds_total": total_train_seconds(run, "cpu_seconds"),
                 **evaluate(run, task, data, args.episodes),
             }
             if row.get("architecture"):

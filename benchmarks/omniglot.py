@@ -276,8 +276,12 @@ def _merge_rows_locked(
     write_json(merged, table)
 
 
-def total_train_seconds(run: Path) -> float | None:
-    """Training time over all legs of a run, from its metrics log."""
+def total_train_seconds(run: Path, key: str = "seconds") -> float | None:
+    """Training time over all legs of a run, from its metrics log.
+
+    ``key`` is ``seconds`` (elapsed) or ``cpu_seconds`` (processor time, logged by runs
+    trained since compute budgets exist; None for older runs).
+    """
     path = run / "metrics.jsonl"
     if not path.exists():
         return None
@@ -286,7 +290,9 @@ def total_train_seconds(run: Path) -> float | None:
         record = json.loads(line)
         if record.get("phase") != "train":
             continue
-        seconds = float(record["seconds"])
+        if key not in record:
+            return None
+        seconds = float(record[key])
         # A resumed leg restarts its clock: add the previous leg's last reading.
         if seconds < previous:
             total += previous

@@ -126,6 +126,37 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, data_root: Path) 
     assert len(list(run.glob("last-*.safetensors"))) == 1
 
 
+def test_a_compute_budget_ends_the_run_at_a_checkpoint_that_resumes_bit_identically(
+    tmp_path: Path, data_root: Path
+) -> None:
+    config = write_config(tmp_path / "c.yaml", "maml", checkpoint_every=4)
+    train(config, tmp_path / "full", data_root)
+    run = tmp_path / "budget"
+    trainer = Trainer(load_config(config, ["budget.cpu_seconds=1e-9"]), run, data_root=data_root)
+    trainer.run()
+    # The first step spends the budget: it is validated and saved as the final checkpoint,
+    # although it is not a checkpoint step.
+    assert (trainer.stopped_by, trainer.step) == ("budget.cpu_seconds", 1)
+    checkpoint = load_checkpoint(run / "last.json")
+    assert checkpoint.step == 1
+    assert checkpoint.metrics["cpu_seconds"] > 0 and "val_accuracy" in checkpoint.metrics
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [(r["phase"], r["step"]) for r in records] == [("train", 1), ("val", 1)]
+    assert records[0]["stopped_by"] == "budget.cpu_seconds"
+
+    # Resuming under the spent budget would train nothing: refused, naming the key.
+    with pytest.raises(TrainingError, match=r"--set budget\.cpu_seconds=MORE"):
+        train(config, run, data_root, "budget.cpu_seconds=1e-9", resume=True)
+    # Raised, the run goes on exactly as if it had never stopped; time keeps adding up.
+    train(config, run, data_root, "budget.wall_seconds=1e6", resume=True)
+    full, resumed = final_tensors(tmp_path / "full"), final_tensors(run)
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    final = load_checkpoint(run / "last.json")
+    assert final.step == 6
+    assert final.metrics["cpu_seconds"] > checkpoint.metrics["cpu_seconds"]
+
+
 def test_run_directory_contents(tmp_path: Path, data_root: Path) -> None:
     run = tmp_path / "run"
     train(write_config(tmp_path / "c.yaml", "protonet"), run, data_root, "seed=3")

@@ -85,7 +85,15 @@ def _train_process(
         sys.exit(2)
     if group.is_main:
         summary = ", ".join(f"{k} {v:.3f}" for k, v in final.items())
-        print(f"trained {config.steps} steps into {display_path(out)}: {summary}")
+        if trainer.stopped_by is None:
+            print(f"trained {config.steps} steps into {display_path(out)}: {summary}")
+        else:
+            step = trainer.step
+            print(
+                f"stopped at step {step} of {config.steps}, having reached {trainer.stopped_by}"
+                f"={getattr(config.budget, trainer.stopped_by.split('.')[1])}, into "
+                f"{display_path(out)}: {summary}"
+            )
 
 
 def _interrupted(out: Path, data_root: Path | None) -> str:

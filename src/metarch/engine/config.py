@@ -311,6 +311,25 @@ class ValidationConfig(_Strict):
     seed: int = Field(10_000, ge=0)
 
 
+class BudgetConfig(_Strict):
+    """Compute a run may spend: it stops at the first step that reaches a limit.
+
+    Comparisons at equal meta-training compute (an ablation given the CPU time of the run
+    it is compared with) set ``cpu_seconds``. Time is summed over resumes and, under
+    ``--nproc``, over processes; the learning-rate schedule still spans ``steps``. The
+    step that reaches the budget is validated and saved as the run's final checkpoint;
+    resuming with a larger (or no) budget continues the run exactly as if it had not
+    stopped.
+
+    Attributes:
+        cpu_seconds: Processor time of the training processes (all their threads).
+        wall_seconds: Elapsed time while training.
+    """
+
+    cpu_seconds: float | None = Field(None, gt=0)
+    wall_seconds: float | None = Field(None, gt=0)
+
+
 class TrainConfig(_Strict):
     """Everything a training run depends on.
 
@@ -324,6 +343,7 @@ class TrainConfig(_Strict):
         episodes: Shape of meta-training episodes.
         optimizer: Outer optimizer.
         validation: Validation schedule.
+        budget: Compute limits that stop the run before ``steps``.
         checkpoint_every: Save the ``last`` checkpoint every this many steps.
         log_every: Write a metrics line every this many steps.
     """
@@ -337,6 +357,7 @@ class TrainConfig(_Strict):
     episodes: EpisodeConfig = EpisodeConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     validation: ValidationConfig = ValidationConfig()
+    budget: BudgetConfig = BudgetConfig()
     checkpoint_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
 

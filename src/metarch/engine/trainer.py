@@ -44,8 +44,15 @@ from metarch.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from metarch.engine.config import AugmentConfig, TrainConfig, dump_config, load_config
+from metarch.engine.config import (
+    AugmentConfig,
+    BudgetConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+)
 from metarch.engine.distributed import (
+    ProcessGroup,
     all_reduce_mean,
     average_buffers,
     average_gradients,
@@ -93,13 +100,14 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     The saved config is read through today's schema first, so keys added since it was
     written take their defaults (an old run resumes as long as its settings still mean the
     same). Only the run's length may change, and only under a ``step`` schedule (a
-    ``linear`` or ``cosine`` rate depends on it); validation settings are dropped when there
-    is no validation set, since they then affect nothing.
+    ``linear`` or ``cosine`` rate depends on it), and its compute budget; validation
+    settings are dropped when there is no validation set, since they then affect nothing.
     """
     try:
         normal = TrainConfig.model_validate(config).model_dump(mode="json")
     except ValueError:
         normal = dict(config)  # no longer valid: compared as saved, so the change is named
+    normal.pop("budget", None)
     if normal.get("optimizer", {}).get("schedule", "step") == "step":
         normal.pop("steps", None)
     if normal.get("data", {}).get("val_set", "") is None:
@@ -181,6 +189,12 @@ class Trainer:
         self.learner = build_learner(config, self.inputs.shape)
         self.optimizer = self._make_optimizer()
         self.start_step = 0
+        # The last step trained (by this process or, resumed, before it).
+        self.step = 0
+        # Compute spent before this process started (a resumed run's earlier legs).
+        self.spent_before = ComputeSpent()
+        # The budget limit that ended the run early, if one did.
+        self.stopped_by: str | None = None
         self.best_accuracy = -1.0
         # The step of the newest checkpoint whose weights gave a finite loss.
         self.good_step: int | None = None
@@ -290,8 +304,16 @@ class Trainer:
         if checkpoint.optimizer_state is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer_state)
         restore_rng_state(checkpoint.rng)
-        self.start_step = checkpoint.step
+        self.start_step = self.step = checkpoint.step
         self.good_step = checkpoint.step
+        self.spent_before = ComputeSpent.from_metrics(checkpoint.metrics)
+        limit = self.spent_before.exceeded(self.config.budget)
+        if limit is not None and checkpoint.step < self.config.steps:
+            raise TrainingError(
+                f"cannot resume {self.run_dir}: it has spent its {limit} "
+                f"({self.spent_before.describe()} at step {checkpoint.step}); to train on, "
+                f"raise it: --resume --set {limit}=MORE (or {limit}=null for no limit)"
+            )
         self.best_accuracy = float(checkpoint.metrics.get("best_accuracy", -1.0))
         if self.group.is_main:
             self._write_config()
@@ -406,7 +428,12 @@ class Trainer:
         return evaluate_learner(self.learner, self.val_sampler, self.config.validation.episodes)
 
     def run(self) -> dict[str, Any]:
-        """Train from the current step to ``config.steps``; return the final metrics."""
+        """Train from the current step to ``config.steps`` (or until a budget is spent).
+
+        Returns:
+            The final step's metrics; :attr:`stopped_by` names the budget limit that ended
+            the run early, if one did.
+        """
         from torch.utils.tensorboard import SummaryWriter
 
         config = self.config
@@ -416,7 +443,7 @@ class Trainer:
         self.learner.train()
         last: dict[str, Any] = {}
         pending: _PendingCheckpoint | None = None
-        started = time.perf_counter()
+        clock = ComputeClock(self.spent_before)
         try:
             for step in range(self.start_step, config.steps):
                 for param_group in self.optimizer.param_groups:
@@ -440,20 +467,25 @@ class Trainer:
                     )
                 self.optimizer.step()
                 average_buffers(self.learner, group)
-                done = step + 1
+                done = self.step = step + 1
                 last = {"loss": loss, "accuracy": 100.0 * accuracy}
+                spent = clock.spent(group)
+                self.stopped_by = spent.exceeded(config.budget)
+                final = done == config.steps or self.stopped_by is not None
                 if self.on_step is not None:
                     self.on_step(done, last)
-                if done % config.log_every == 0 or done == config.steps:
+                if done % config.log_every == 0 or final:
                     record = {"phase": "train", "step": done, **last}
                     record["lr"] = self._learning_rate(step)
-                    record["seconds"] = time.perf_counter() - started
+                    record |= spent.to_metrics()
+                    if self.stopped_by is not None:
+                        record["stopped_by"] = self.stopped_by
                     self._log(record, writer)
                 tags = []
                 validate_now = config.validation.every and done % config.validation.every == 0
                 # Only rank 0 validates; the others wait for it at the next all-reduce.
                 has_validation = self.val_sampler is not None
-                if group.is_main and has_validation and (validate_now or done == config.steps):
+                if group.is_main and has_validation and (validate_now or final):
                     result = self.validate()
                     self._log({"phase": "val", "step": done, **result.to_json()}, writer)
                     last["val_accuracy"] = result.accuracy
@@ -461,18 +493,62 @@ class Trainer:
                     if result.accuracy > self.best_accuracy:
                         self.best_accuracy = result.accuracy
                         tags.append("best")
-                if done % config.checkpoint_every == 0 or done == config.steps:
+                if done % config.checkpoint_every == 0 or final:
                     tags.append("last")
                 if tags and group.is_main:
-                    pending = self._snapshot(tags, done, last)
-                    if done == config.steps:
+                    pending = self._snapshot(tags, done, last | spent.to_metrics())
+                    if final:
                         self._write(pending)  # no step follows to check it
                         pending = None
+                if self.stopped_by is not None:
+                    break
         finally:
             if writer is not None:
                 writer.close()
             self.close()
         return last
+
+
+@dataclass(frozen=True)
+class ComputeSpent:
+    """Compute a run has spent training, summed over its resumes (and processes)."""
+
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> ComputeSpent:
+        """What a checkpoint's metrics say was spent (nothing for runs saved before)."""
+        return cls(float(metrics.get("cpu_seconds", 0.0)), float(metrics.get("seconds", 0.0)))
+
+    def to_metrics(self) -> dict[str, float]:
+        return {"seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds}
+
+    def exceeded(self, budget: BudgetConfig) -> str | None:
+        """The config key of the first limit of ``budget`` this reaches, if any."""
+        if budget.cpu_seconds is not None and self.cpu_seconds >= budget.cpu_seconds:
+            return "budget.cpu_seconds"
+        if budget.wall_seconds is not None and self.wall_seconds >= budget.wall_seconds:
+            return "budget.wall_seconds"
+        return None
+
+    def describe(self) -> str:
+        return f"{self.cpu_seconds:.0f} CPU s, {self.wall_seconds:.0f} s elapsed"
+
+
+class ComputeClock:
+    """Measures the compute spent since it was made, on top of what a resumed run had."""
+
+    def __init__(self, before: ComputeSpent) -> None:
+        self.before = before
+        self.cpu_start = time.process_time()
+        self.wall_start = time.perf_counter()
+
+    def spent(self, group: ProcessGroup) -> ComputeSpent:
+        """The run's total so far, the same on every process (CPU summed, wall averaged)."""
+        cpu = all_reduce_mean(time.process_time() - self.cpu_start, group) * group.world_size
+        wall = all_reduce_mean(time.perf_counter() - self.wall_start, group)
+        return ComputeSpent(self.before.cpu_seconds + cpu, self.before.wall_seconds + wall)
 
 
 def _check_utf8(run_dir: Path) -> None:
