@@ -16,6 +16,7 @@ from metarch.meta.batched import (
     TaskBatchedModel,
     channels_last,
     retain_freed_memory,
+    run_task_shards,
     stack_for_tasks,
     to_grouped,
 )
@@ -87,6 +88,11 @@ def test_batched_matches_the_loop_on_other_backbones(name: str) -> None:
     options = {"widths": (4, 4, 4, 4)} if name == "resnet12" else {"hidden": 5}
     backbone = create_model(name, in_channels=1, **options)
     model = FewShotClassifier(backbone, 3, (1, 16, 16)).double()
+    if name == "conv4":
+        # Every block's ReLU runs after its max-pooling (on a quarter of the map), so the
+        # equality below checks the reordered graph against the model's own order.
+        traced = TaskBatchedModel.trace(model).root
+        assert len(traced.pool_after) == len(traced.relu_after) == 4
     loop = _meta_gradients(copy.deepcopy(model), "loop", size=16, steps=2)
     batched = _meta_gradients(copy.deepcopy(model), "batched", size=16, steps=2, support_group=3)
     torch.testing.assert_close(batched[0], loop[0], rtol=1e-9, atol=1e-12)
@@ -228,3 +234,23 @@ def test_parameters_unused_in_the_forward_get_no_or_zero_gradient(batching: str)
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for p in model.unused.parameters():  # type: ignore[union-attr]
         assert p.grad is None or not p.grad.any()
+
+
+def test_a_task_left_over_runs_alone_on_all_threads_after_the_even_shards() -> None:
+    import threading
+
+    def work(first: int, end: int) -> tuple[str, int]:
+        return threading.current_thread().name, torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        done = run_task_shards(5, 2, work)
+        assert [(first, end) for first, end, _ in done] == [(0, 2), (2, 4), (4, 5)]
+        workers = [result for _, _, result in done]
+        assert all(name.startswith("metarch-tasks") and n == 1 for name, n in workers[:2])
+        assert workers[2] == (threading.current_thread().name, 2)
+        # Two left over spread over the shards as before.
+        assert [(f, e) for f, e, _ in run_task_shards(5, 3, work)] == [(0, 1), (1, 3), (3, 5)]
+    finally:
+        torch.set_num_threads(before)

@@ -40,7 +40,7 @@ import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import torch
@@ -510,6 +510,11 @@ class _TracedGraph:
     prefix: str
     #: Batch norms whose only user is a ReLU: the pair runs as one function.
     relu_after: dict[fx.Node, fx.Node]
+    #: Of those ReLUs, the ones whose only user is a max-pooling: it runs first, and the
+    #: ReLU (and its backward) on the pooled, four times smaller map. Both are monotone,
+    #: so ``relu(max_pool(y)) == max_pool(relu(y))`` exactly, and so are the gradients
+    #: (the same argmax wherever the maximum is positive; zero gradient elsewhere).
+    pool_after: dict[fx.Node, fx.Node] = field(default_factory=dict)
 
     def qualified(self, target: object) -> str:
         return f"{self.prefix}.{target}" if self.prefix else str(target)
@@ -554,7 +559,16 @@ class TaskBatchedModel:
                 (user,) = node.users
                 if self._is_relu(user, traced):
                     traced.relu_after[node] = user
+                    if len(user.users) == 1:
+                        (pool,) = user.users
+                        if self._is_max_pool(pool, traced):
+                            traced.pool_after[user] = pool
         return traced
+
+    def _is_max_pool(self, node: fx.Node, traced: _TracedGraph) -> bool:
+        if node.op == "call_module":
+            return type(self.modules[traced.qualified(node.target)]) is nn.MaxPool2d
+        return node.op == "call_function" and node.target is F.max_pool2d
 
     def _is_relu(self, node: fx.Node, traced: _TracedGraph) -> bool:
         if node.op == "call_module":
@@ -658,21 +672,40 @@ class TaskBatchedModel:
                 assert isinstance(module, MetaBatchNorm2d)
                 weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
                 relu = traced.relu_after[node]
-                env[node] = env[relu] = _batch_norm(
-                    module, name, value, weight, bias, context, relu=True
-                )
-            elif node.op == "call_module":
-                (value,) = load(node.args)
-                env[node] = self.run_module(traced.qualified(node.target), value, params, context)
-            elif node.op == "call_function":
-                args, kwargs = load(node.args), load(node.kwargs)
-                env[node] = self._function(node.target, args, kwargs, context)
-            else:  # call_method
-                args, kwargs = load(node.args), load(node.kwargs)
-                env[node] = self._method(str(node.target), args, kwargs)
+                pool = traced.pool_after.get(relu)
+                if pool is None:
+                    env[node] = env[relu] = _batch_norm(
+                        module, name, value, weight, bias, context, relu=True
+                    )
+                else:
+                    # Only the pooling reads the normalised map; the ReLU follows it.
+                    normalised = _batch_norm(module, name, value, weight, bias, context)
+                    env[node] = env[relu] = normalised
+                    env[pool] = F.relu(self._run_node(pool, env, params, context, traced))
+            else:
+                env[node] = self._run_node(node, env, params, context, traced)
         if not isinstance(out, Tensor):
             raise BatchingUnsupportedError("a batched module must return one tensor")
         return out
+
+    def _run_node(
+        self,
+        node: fx.Node,
+        env: dict[fx.Node, Any],
+        params: Params,
+        context: BatchedNormContext,
+        traced: _TracedGraph,
+    ) -> Any:
+        """The grouped value of a module, function or method node, from its inputs in ``env``."""
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        if node.op == "call_module":
+            (value,) = args
+            assert isinstance(value, Tensor)
+            return self.run_module(traced.qualified(node.target), value, params, context)
+        if node.op == "call_function":
+            return self._function(node.target, args, kwargs, context)
+        return self._method(str(node.target), args, kwargs)  # call_method
 
     @staticmethod
     def _function(
@@ -790,26 +823,33 @@ def _task_pool(threads: int) -> ThreadPoolExecutor:
 def run_task_shards(
     tasks: int, threads: int, work: Callable[[int, int], _T]
 ) -> list[tuple[int, int, _T]]:
-    """``work(first, end)`` on ``threads`` contiguous shards of ``tasks`` tasks, in parallel.
+    """``work(first, end)`` on contiguous shards of ``tasks`` tasks, ``threads`` at a time.
 
     Small CPU convolutions scale poorly over intra-op threads; independent tasks scale
     well. Each shard runs in its own thread (one intra-op thread each) in a copy of the
-    caller's context (the forward context included). Results come back in shard order,
-    so a caller that sums them in that order gets a result independent of thread timing.
+    caller's context (the forward context included). When one task is left over (5 tasks
+    on 2 threads), the others run as equal shards first and the last task then runs alone
+    in the calling thread with all its intra-op threads, instead of one shard taking an
+    extra task while the other threads wait for it. Results come back in shard order, so
+    a caller that sums them in that order gets a result independent of thread timing.
     With one shard the work runs in the calling thread.
 
     Returns:
         ``(first, end, result)`` per shard.
     """
     threads = max(1, min(threads, tasks))
-    bounds = [(i * tasks // threads, (i + 1) * tasks // threads) for i in range(threads)]
     if threads == 1:
         return [(0, tasks, work(0, tasks))]
+    even = tasks - 1 if tasks % threads == 1 else tasks
+    bounds = [(i * even // threads, (i + 1) * even // threads) for i in range(threads)]
     pool = _task_pool(threads)
     futures = [
         pool.submit(contextvars.copy_context().run, work, first, end) for first, end in bounds
     ]
-    return [(first, end, f.result()) for (first, end), f in zip(bounds, futures, strict=True)]
+    done = [(first, end, f.result()) for (first, end), f in zip(bounds, futures, strict=True)]
+    if even < tasks:
+        done.append((even, tasks, work(even, tasks)))
+    return done
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
