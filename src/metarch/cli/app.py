@@ -21,6 +21,7 @@ from metarch.cli import config as config_commands
 from metarch.cli import data as data_commands
 from metarch.cli import demo as demo_command
 from metarch.cli import evaluate as evaluate_command
+from metarch.cli import hardware as hardware_commands
 from metarch.cli import nas as nas_commands
 from metarch.cli import train as train_command
 from metarch.errors import MetarchError
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(data_commands.app, name="data")
 app.add_typer(config_commands.app, name="config")
 app.add_typer(nas_commands.app, name="nas")
+app.add_typer(hardware_commands.app, name="hardware")
 app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
 app.command("evaluate")(evaluate_command.evaluate)

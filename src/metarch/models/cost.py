@@ -4,18 +4,19 @@ FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on one fo
 of one image: convolutions and matrix products, two FLOPs per multiply-accumulate (the
 convention of most architecture-search papers, which count multiply-adds and double them);
 normalisation, activations and pooling are not counted. Latency is wall-clock time of a
-forward pass in inference mode, the median of repeats after a warm-up.
+forward pass in inference mode, the median of repeats after a warm-up (slow outliers
+rejected, :func:`metarch.utils.timing.time_calls`).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from metarch.utils.timing import time_calls
 
 __all__ = ["LatencyMeasurement", "count_parameters", "flops_per_image", "measure_latency"]
 
@@ -86,26 +87,19 @@ def measure_latency(
     model.eval()
     device = _device_of(model)
     x = torch.rand(batch, *input_shape, device=device)
-    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else None
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(repeats):
-                synchronise()
-                start = time.perf_counter()
-                model(x)
-                synchronise()
-                times.append((time.perf_counter() - start) * 1000.0)
+            timing = time_calls(
+                lambda: model(x), warmup=warmup, repeats=repeats, synchronise=synchronise
+            )
     finally:
         torch.set_num_threads(previous)
         model.train(was_training)
-    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return LatencyMeasurement(
-        median_ms=statistics.median(times),
-        p10_ms=deciles[0],
-        p90_ms=deciles[-1],
+        median_ms=timing.median_ms,
+        p10_ms=timing.p10_ms,
+        p90_ms=timing.p90_ms,
         repeats=repeats,
         batch=batch,
         threads=threads,

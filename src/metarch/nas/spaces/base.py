@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor, nn
@@ -20,13 +20,14 @@ from torch import Tensor, nn
 from metarch.errors import MetarchError
 from metarch.models.cost import count_parameters, flops_per_image
 from metarch.models.groups import group_of
-from metarch.registry import Registry
+from metarch.registry import Registry, options_of
 
 __all__ = [
     "SEARCH_SPACES",
     "ArchitectureCost",
     "ArchitectureError",
     "Classifier",
+    "Layer",
     "Relaxation",
     "SearchSpace",
     "create_space",
@@ -52,6 +53,41 @@ class ArchitectureCost:
     parameters: int
     flops: int
     input_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a space's networks, as latency tables key it.
+
+    A network's latency is modelled as the sum of its layers' (plus a constant per
+    network), each measured alone, once per device: so a layer is what runs as one unit,
+    keyed by everything its cost depends on (operation, channels, kernel, stride, input
+    size) and nothing else.
+
+    Attributes:
+        key: ``operation|in=CxHxW|out=C|k=K|s=S`` (fields that do not apply left out).
+        input_shape: ``(C, H, W)`` of its input (one image).
+        build: Makes the layer's module, with fresh weights.
+    """
+
+    key: str
+    input_shape: tuple[int, ...]
+    build: Callable[[], nn.Module] = field(compare=False, repr=False)
+
+    @staticmethod
+    def make_key(
+        operation: str,
+        input_shape: tuple[int, ...],
+        out: int | None = None,
+        kernel: int | None = None,
+        stride: int | None = None,
+    ) -> str:
+        """The key of a layer: ``operation|in=CxHxW|out=C|k=K|s=S``."""
+        parts = [operation, "in=" + "x".join(str(d) for d in input_shape)]
+        for name, value in (("out", out), ("k", kernel), ("s", stride)):
+            if value is not None:
+                parts.append(f"{name}={value}")
+        return "|".join(parts)
 
 
 class Classifier(nn.Module):
@@ -117,6 +153,33 @@ class SearchSpace(ABC, Generic[A]):
     @abstractmethod
     def build(self, architecture: A, *, num_classes: int | None = None) -> nn.Module:
         """The discrete network: a backbone, or a classifier with ``num_classes`` outputs."""
+
+    def settings(self) -> dict[str, Any]:
+        """The options this space was made with, defaults included (JSON values)."""
+        return {option.name: getattr(self, option.name) for option in options_of(type(self))}
+
+    def layers(self, architecture: A, *, num_classes: int | None = None) -> list[Layer]:
+        """The layers :meth:`build`'s network runs, in order (repeats kept).
+
+        Raises:
+            NotImplementedError: For spaces whose networks are not split into layers yet.
+        """
+        raise NotImplementedError(
+            f"the {self.registered_name} space does not list its networks' layers, so layer "
+            "latency tables cannot be made for it"
+        )
+
+    def layer_catalogue(self, *, num_classes: int | None = None) -> list[Layer]:
+        """Every distinct layer of the space's networks, once each (what a table profiles).
+
+        The default collects :meth:`layers` over :meth:`enumerate`; large spaces list
+        their layers directly.
+        """
+        distinct: dict[str, Layer] = {}
+        for architecture in self.enumerate():
+            for layer in self.layers(architecture, num_classes=num_classes):
+                distinct.setdefault(layer.key, layer)
+        return list(distinct.values())
 
     def relax(self, *, num_classes: int | None = None, **options: Any) -> nn.Module:
         """The continuous relaxation: one network holding every architecture.

@@ -20,6 +20,7 @@ networks, task-batched too.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from metarch.models.norm import MetaBatchNorm2d
-from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, SearchSpace
+from metarch.nas.spaces.base import SEARCH_SPACES, ArchitectureError, Layer, SearchSpace
 from metarch.registry import PositiveInt
 
 __all__ = [
@@ -110,6 +111,13 @@ class Cell201(nn.Module):
                 total = total + term
             nodes.append(total)
         return nodes[3]
+
+
+class _Add(nn.Module):
+    """A cell's sum of two edges, as a layer alone (the input added to itself)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + x
 
 
 class ResidualReduction(nn.Module):
@@ -302,6 +310,98 @@ class NASBench201Space(SearchSpace[Architecture201]):
             in_channels=self.in_channels,
         )
         return self.with_head(backbone, num_classes)
+
+    def layers(  # noqa: D102
+        self, architecture: Architecture201, *, num_classes: int | None = None
+    ) -> list[Layer]:
+        self._check(architecture)
+        cells = [self._cell_layers(architecture, *stage) for stage in self._stages()]
+        return self._network_layers(cells, num_classes)
+
+    def layer_catalogue(self, *, num_classes: int | None = None) -> list[Layer]:  # noqa: D102
+        cells = [
+            [self._edge(op, width, side) for op in OPERATIONS] + [self._add(width, side)]
+            for width, side in self._stages()
+        ]
+        distinct = {layer.key: layer for layer in self._network_layers(cells, num_classes)}
+        return list(distinct.values())
+
+    def _stages(self) -> list[tuple[int, int]]:
+        """``(channels, side)`` of the three stages."""
+        return [(self.channels * 2**s, (self.image_size + 2**s - 1) // 2**s) for s in range(3)]
+
+    def _edge(self, op: str, width: int, side: int) -> Layer:
+        kernel = {"nor_conv_1x1": 1, "nor_conv_3x3": 3, "avg_pool_3x3": 3}.get(op)
+        shape = (width, side, side)
+        return Layer(
+            Layer.make_key(op, shape, width, kernel, 1),
+            shape,
+            lambda: create_operation201(op, width),
+        )
+
+    @staticmethod
+    def _add(width: int, side: int) -> Layer:
+        shape = (width, side, side)
+        return Layer(Layer.make_key("add", shape), shape, _Add)
+
+    def _cell_layers(self, architecture: Architecture201, width: int, side: int) -> list[Layer]:
+        """One cell: its 6 edges and the 3 sums into nodes 2 and 3, as it runs them."""
+        layers = [self._edge(op, width, side) for op in architecture]
+        return layers + [self._add(width, side)] * 3
+
+    def _network_layers(self, cells: list[list[Layer]], num_classes: int | None) -> list[Layer]:
+        """The network's layers around its cells' (``cells[stage]``, one cell's layers).
+
+        Stem, ``cells_per_stage`` copies of each stage's cell layers with reductions
+        between stages, the last batch norm and ReLU, pooling and the head.
+        """
+        side = self.image_size
+        stem_in = (self.in_channels, side, side)
+        layers = [
+            Layer(
+                Layer.make_key("stem_conv_bn", stem_in, self.channels, 3, 1),
+                stem_in,
+                lambda: macro_stem(self.in_channels, self.channels),
+            )
+        ]
+        stages = self._stages()
+        for index, ((width, _), cell) in enumerate(zip(stages, cells, strict=True)):
+            if index > 0:
+                previous, before = stages[index - 1]
+                shape = (previous, before, before)
+                layers.append(
+                    Layer(
+                        Layer.make_key("residual_reduction", shape, width, 3, 2),
+                        shape,
+                        functools.partial(ResidualReduction, previous, width),
+                    )
+                )
+            layers.extend(cell * self.cells_per_stage)
+        width, side = stages[-1]
+        last = (width, side, side)
+        layers.append(
+            Layer(
+                Layer.make_key("bn_relu", last),
+                last,
+                lambda: nn.Sequential(MetaBatchNorm2d(width), nn.ReLU()),
+            )
+        )
+        layers.append(
+            Layer(
+                Layer.make_key("global_avg_pool", last),
+                last,
+                lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            )
+        )
+        if num_classes is not None:
+            layers.append(
+                Layer(
+                    Layer.make_key("linear", (width,), num_classes),
+                    (width,),
+                    lambda: nn.Linear(width, num_classes),
+                )
+            )
+        return layers
 
     @staticmethod
     def _check(architecture: Architecture201) -> None:

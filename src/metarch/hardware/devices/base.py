@@ -1,0 +1,146 @@
+"""Local devices: runtimes that measure a network's latency on the machine they run on.
+
+A device is a runtime and its settings (``torch-cpu`` with 2 threads, ``onnxruntime-cpu``
+with 1). :meth:`LocalDevice.measure` times forward passes of a module at batch 1 (or a
+given batch), in inference mode; :meth:`LocalDevice.fingerprint` says what machine and
+libraries did it, for the provenance of a latency table. Devices register in
+:data:`LOCAL_DEVICES`; a new runtime is one subclass and one decorator (see
+``torch_eager.py``).
+
+A runtime that is not installed stays registered: :meth:`LocalDevice.unavailable` says
+why it cannot measure, and what to install.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarch.errors import MetarchError
+from metarch.registry import NonNegativeInt, PositiveInt, Registry, options_of
+from metarch.utils.timing import Timing
+
+__all__ = [
+    "LOCAL_DEVICES",
+    "DeviceError",
+    "LocalDevice",
+    "Measurement",
+    "create_device",
+    "machine_fingerprint",
+]
+
+
+class DeviceError(MetarchError):
+    """A device cannot measure (not installed, no GPU, a module it cannot run)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How to time: untimed warm-up calls, timed repeats, images per call."""
+
+    warmup: NonNegativeInt = 10
+    repeats: PositiveInt = 50
+    batch: PositiveInt = 1
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 1 or self.batch < 1:
+            raise DeviceError(
+                f"need warm-up >= 0, repeats >= 1 and batch >= 1; got {self.warmup}, "
+                f"{self.repeats} and {self.batch}"
+            )
+
+
+class LocalDevice(ABC):
+    """A runtime on this machine that runs and times networks.
+
+    Subclasses take their settings as keyword options (``threads``, ...), listed by
+    :meth:`settings`, and implement :meth:`measure`.
+    """
+
+    #: Set by :data:`LOCAL_DEVICES` when the class registers.
+    registered_name: str = ""
+
+    @property
+    def name(self) -> str:
+        """The registered name."""
+        return self.registered_name
+
+    def settings(self) -> dict[str, Any]:
+        """The options this device was made with (all of them, defaults included)."""
+        return {option.name: getattr(self, option.name) for option in options_of(type(self))}
+
+    def describe(self) -> str:
+        """``name`` and its settings, e.g. ``torch-cpu (threads=1, channels_last=False)``."""
+        settings = ", ".join(f"{k}={v}" for k, v in self.settings().items())
+        return f"{self.name} ({settings})" if settings else self.name
+
+    def unavailable(self) -> str | None:
+        """Why this device cannot measure here (with what to install), or None if it can."""
+        return None
+
+    def check_available(self) -> None:
+        """Raise :class:`DeviceError` naming what is missing if the device cannot measure."""
+        reason = self.unavailable()
+        if reason is not None:
+            raise DeviceError(f"device {self.name} cannot measure here: {reason}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The machine, libraries and settings a measurement was made with."""
+        return {
+            "device": self.name,
+            "settings": self.settings(),
+            **machine_fingerprint(),
+            "libraries": self.libraries(),
+        }
+
+    def libraries(self) -> dict[str, str]:
+        """Versions of the libraries the runtime uses."""
+        return {"torch": torch.__version__}
+
+    @abstractmethod
+    def measure(
+        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
+    ) -> Timing:
+        """Latency of a forward pass of ``module`` on ``how.batch`` inputs of ``input_shape``.
+
+        The module is run in eval mode and left as it was.
+        """
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What identifies this machine and moment: CPU model, cores, OS, Python, date."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+LOCAL_DEVICES: Registry[type[LocalDevice]] = Registry("device")
+
+
+def create_device(name: str, **settings: Any) -> LocalDevice:
+    """The local device registered as ``name``, with ``settings`` (``threads=2``, ...)."""
+    return LOCAL_DEVICES.get(name)(**settings)

@@ -1,0 +1,94 @@
+"""ONNX runtimes on the CPU: ONNX Runtime, and OpenVINO when it is installed.
+
+Both run the network exported by :func:`metarch.hardware.onnx.export_onnx`, so they
+time what a user deploying the exported file gets (graph optimisations such as folding
+batch norm into the convolution included).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import numpy as np
+from torch import nn
+
+from metarch.hardware.devices.base import LOCAL_DEVICES, LocalDevice, Measurement
+from metarch.hardware.onnx import export_onnx, onnxruntime_session
+from metarch.registry import PositiveInt
+from metarch.utils.timing import Timing, time_calls
+
+__all__ = ["OnnxRuntimeCPU", "OpenVINOCPU"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@LOCAL_DEVICES.register("onnxruntime-cpu")
+class OnnxRuntimeCPU(LocalDevice):
+    """ONNX Runtime's CPU execution provider, all graph optimisations on.
+
+    Args:
+        threads: Intra-op threads.
+    """
+
+    def __init__(self, *, threads: PositiveInt = 1) -> None:
+        self.threads = threads
+
+    def unavailable(self) -> str | None:  # noqa: D102
+        if _version("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return None
+
+    def libraries(self) -> dict[str, str]:  # noqa: D102
+        return {**super().libraries(), "onnxruntime": _version("onnxruntime") or "missing"}
+
+    def measure(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
+    ) -> Timing:
+        self.check_available()
+        how = how or Measurement()
+        session = onnxruntime_session(export_onnx(module, input_shape, how.batch), self.threads)
+        feed = {"input": np.random.default_rng(0).random((how.batch, *input_shape), np.float32)}
+        return time_calls(lambda: session.run(None, feed), warmup=how.warmup, repeats=how.repeats)
+
+
+@LOCAL_DEVICES.register("openvino-cpu")
+class OpenVINOCPU(LocalDevice):
+    """Intel OpenVINO on the CPU, compiled for latency.
+
+    Args:
+        threads: Inference threads.
+    """
+
+    def __init__(self, *, threads: PositiveInt = 1) -> None:
+        self.threads = threads
+
+    def unavailable(self) -> str | None:  # noqa: D102
+        if _version("openvino") is None:
+            return "openvino is not installed (pip install 'metarch[openvino]')"
+        return None
+
+    def libraries(self) -> dict[str, str]:  # noqa: D102
+        return {**super().libraries(), "openvino": _version("openvino") or "missing"}
+
+    def measure(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
+    ) -> Timing:
+        self.check_available()
+        import openvino
+
+        how = how or Measurement()
+        core = openvino.Core()
+        model = core.read_model(export_onnx(module, input_shape, how.batch))
+        compiled = core.compile_model(
+            model,
+            "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(self.threads)},
+        )
+        request = compiled.create_infer_request()
+        x = np.random.default_rng(0).random((how.batch, *input_shape), np.float32)
+        return time_calls(lambda: request.infer([x]), warmup=how.warmup, repeats=how.repeats)

@@ -1,0 +1,108 @@
+"""Local devices measure real networks; ONNX export matches PyTorch; the CLI drives both."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarch.hardware.devices import LOCAL_DEVICES, DeviceError, Measurement, create_device
+from metarch.hardware.lut import LayerLatencyTable
+from metarch.hardware.onnx import export_onnx, max_abs_difference
+from metarch.nas import create_space
+from tests.clitools import run_cli
+
+SMALL = ["--space-option", "channels=4", "--space-option", "cells_per_stage=1"]
+QUICK = ["--warmup", "0", "--repeats", "2"]
+
+
+def network() -> torch.nn.Module:
+    space = create_space("nasbench201", channels=4, cells_per_stage=1, image_size=16)
+    return space.build(space.sample(random.Random(0)), num_classes=5)
+
+
+def test_devices_are_registered_with_their_settings() -> None:
+    assert {"torch-cpu", "torch-cuda", "onnxruntime-cpu", "openvino-cpu"} <= set(LOCAL_DEVICES)
+    device = create_device("torch-cpu", threads=2, channels_last=True)
+    assert device.settings() == {"threads": 2, "channels_last": True}
+    assert device.describe() == "torch-cpu (threads=2, channels_last=True)"
+
+
+@pytest.mark.parametrize("name", ["torch-cpu", "onnxruntime-cpu", "openvino-cpu"])
+def test_local_runtimes_time_a_network_and_leave_it_as_it_was(name: str) -> None:
+    if name == "openvino-cpu" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'metarch[openvino]')")
+    model = network().train()
+    threads = torch.get_num_threads()
+    timing = create_device(name).measure(model, (3, 16, 16), Measurement(1, 3))
+    assert timing.median_ms > 0 and timing.repeats == 3
+    assert model.training and torch.get_num_threads() == threads
+
+
+def test_channels_last_runs_the_same_network() -> None:
+    device = create_device("torch-cpu", channels_last=True)
+    assert device.measure(network(), (3, 16, 16), Measurement(0, 1)).median_ms > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_missing_gpu_is_named() -> None:
+    device = create_device("torch-cuda")
+    assert device.unavailable() == "no CUDA GPU (torch.cuda.is_available() is False)"
+    with pytest.raises(DeviceError, match="torch-cuda cannot measure here: no CUDA GPU"):
+        device.measure(network(), (3, 16, 16))
+
+
+def test_the_onnx_model_computes_what_pytorch_does() -> None:
+    model = network()
+    exported = export_onnx(model, (3, 16, 16))
+    x = torch.rand(2, 3, 16, 16)
+    assert max_abs_difference(model, exported, x) < 1e-4
+
+
+def test_the_cli_lists_devices_profiles_and_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["hardware", "devices", "--json"], capsys)
+    assert code == 0
+    rows = {row["device"]: row for row in json.loads(out)}
+    assert rows["torch-cpu"]["available"] and rows["torch-cpu"]["settings"]["threads"] == 1
+
+    table = tmp_path / "lut.json"
+    profile = ["hardware", "profile", "--space", "nasbench201", "--input", "3x16x16"]
+    code, out, _ = run_cli([*profile, *SMALL, *QUICK, "--out", str(table), "--json"], capsys)
+    assert code == 0, out
+    assert json.loads(out)["layers"] == len(LayerLatencyTable.load(table).layers)
+    assert LayerLatencyTable.load(table).space_settings["image_size"] == 16
+
+    check = ["hardware", "check", "--space", "nasbench201", "--input", "3x16x16"]
+    args = [*check, *SMALL, *QUICK, "--table", str(table), "--samples", "4", "--calibration"]
+    code, out, _ = run_cli([*args, "2", "--json", "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 0, out
+    scores = json.loads(out)["scores"]
+    assert set(scores) == {"layer-table", "flops", "params"}
+    assert all(s["networks"] == 4 for s in scores.values())
+    assert len(json.loads((tmp_path / "r.json").read_text())["networks"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device-option", "threads=0"], "--device-option.threads"),
+        (["--device-option", "speed"], "expected KEY=VALUE"),
+        (["--input", "3x16x8"], "square images"),
+        (["--input", "three"], "expected CxHxW"),
+        (["--space", "nasbench999"], "unknown search space"),
+    ],
+)
+def test_bad_profile_arguments_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    base = ["hardware", "profile", "--space", "nasbench201", "--out", str(tmp_path / "t.json")]
+    code, out, err = run_cli([*base, *args], capsys)
+    assert code != 0 and words in out + err
+    assert not (tmp_path / "t.json").exists()
