@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,8 +18,15 @@ from metarch.engine.config import validated_options
 from metarch.errors import ConfigError
 from metarch.hardware.check import check_latency_models
 from metarch.hardware.devices import LOCAL_DEVICES, LocalDevice, Measurement
+from metarch.hardware.fewshot import (
+    FewShotLatencyPredictor,
+    FewShotSettings,
+    cache_key,
+    pick_devices,
+)
 from metarch.hardware.lut import LayerLatencyTable, profile_layers
 from metarch.hardware.predictors import FlopsModel, LatencyModel, LayerTableModel, ParamsModel
+from metarch.hardware.tables import DeviceLatencyTable
 from metarch.nas.spaces import SEARCH_SPACES, SearchSpace
 from metarch.registry import options_of
 from metarch.utils.io import atomic_write_text, display_path
@@ -275,3 +283,90 @@ def check(
             f"{name:<13}{score['spearman']:>10.3f}{score['kendall']:>9.3f}"
             f"{score['mape']:>8.1f}{score['within_10']:>11.1f}%"
         )
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "metarch" / "latency-predictors"
+
+
+@app.command("fewshot")
+def fewshot(
+    table_path: Path = typer.Option(
+        ..., "--table", help="Whole-network latencies in HELP's CSV form (arch, device columns)."
+    ),
+    train_devices: str = typer.Option(
+        ...,
+        "--train-devices",
+        help="Devices to meta-train on, comma-separated; NAME* takes every NAME... column.",
+    ),
+    device: str = typer.Option(..., "--device", help="The new device (a column of --table)."),
+    samples: int = typer.Option(
+        10, "--samples", min=1, help="Networks measured on the new device (chosen by --seed)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Chooses the networks; seeds meta-training."),
+    validation_devices: str = typer.Option(
+        "",
+        "--validation-devices",
+        help="Devices that pick the best meta-training iteration (comma-separated).",
+    ),
+    iterations: int = typer.Option(1000, "--iterations", min=1, help="Meta-iterations."),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help="Folder of meta-trained predictors (default: ~/.cache/metarch/latency-predictors).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Predict a new device's latencies from a few of its networks (HELP's protocol).
+
+    Meta-trains a predictor across --train-devices (or loads the one cached for the same
+    table, devices and settings), adapts it to --device from the latencies of --samples
+    of its networks, and scores its ranking of all the device's other networks.
+    """
+    started = time.perf_counter()
+    table = DeviceLatencyTable.from_csv(table_path)
+    train = pick_devices(table, train_devices.split(","))
+    validation = pick_devices(table, validation_devices.split(","))
+    if device not in table.devices:
+        raise ConfigError(
+            f"--device {device!r} is not a column of {table_path}; its devices: "
+            f"{', '.join(table.devices)}"
+        )
+    if device in train:
+        raise ConfigError(
+            f"--device {device} is one of --train-devices; few-shot prediction is for a "
+            "device the predictor has not been trained on"
+        )
+    settings = FewShotSettings(samples=samples, seed=seed, iterations=iterations)
+    folder = (cache or _default_cache()) / cache_key(table, train + validation, settings)
+    cached = (folder / "predictor.json").exists()
+    if cached:
+        predictor = FewShotLatencyPredictor.load(folder)
+    else:
+        predictor = FewShotLatencyPredictor.create(table, train, settings)
+        console = Console(stderr=True)
+        with _progress(console, "meta-train") as progress:
+            task = progress.add_task("meta-train", total=iterations, status="")
+            predictor.meta_train(
+                table,
+                validation,
+                on_iteration=lambda done, _: progress.update(task, completed=done),
+            )
+        predictor.save(folder)
+    result = predictor.evaluate(table, device)
+    result |= {
+        "train_devices": train,
+        "validation_devices": validation,
+        "cached": cached,
+        "predictor": display_path(folder),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"{device}: adapted from {samples} networks, on its {result['networks']} others "
+        f"Spearman {result['spearman']:.3f}, Kendall {result['kendall']:.3f} "
+        f"({'cached predictor' if cached else 'meta-trained'} in {display_path(folder)})"
+    )
