@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -623,6 +624,91 @@ def metanas_reference_table(report: Table) -> list[str]:
     return lines
 
 
+# -- hardware ----------------------------------------------------------------------------
+
+
+def _mean_std(value: dict[str, float]) -> str:
+    return f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def hardware_fewshot_table(report: Table) -> list[str]:
+    """Few-shot latency prediction on the table devices (HELP's protocol), per space."""
+    lines: list[str] = []
+    for space, part in report["fewshot"].items():
+        summary = part["summary"]
+        flops = "flops_spearman" in summary["overall"]
+        seeds = ", ".join(str(r["seed"]) for r in part["runs"])
+        cpu = statistics.fmean(r["meta_train_cpu_seconds"] for r in part["runs"])
+        anchors = "; ".join(f"{name} {value:.3f}" for name, value in part["anchors"].items())
+        lines += [
+            f"**{space}** ({part['networks']:,} networks; meta-trained on "
+            f"{', '.join(part['train_devices'])}; validated on "
+            f"{', '.join(part['validation_devices'])}; {part['samples']} networks of each "
+            f"test device; seeds {seeds}; {part['iterations']} meta-iterations, "
+            f"{cpu:.0f} CPU s each). Mean ± spread over seeds:",
+            "",
+            "| test device | metarch Spearman | metarch Kendall | ridge on 10, no meta-learning "
+            + ("| FLOPs |" if flops else "|"),
+            "|---|---:|---:|---:" + ("|---:|" if flops else "|"),
+        ]
+        rows = [*summary["devices"].items(), ("**mean over devices**", summary["overall"])]
+        for device, scores in rows:
+            line = (
+                f"| {device} | {_mean_std(scores['spearman'])} | {_mean_std(scores['kendall'])} "
+                f"| {_mean_std(scores['ridge_spearman'])} |"
+            )
+            if flops:
+                line += f" {scores['flops_spearman']['mean']:.3f} |"
+            lines.append(line)
+        lines += [
+            "",
+            f"Anchors (HELP's paper, mean Spearman on its own unseen devices): {anchors}.",
+            "",
+        ]
+    lines += ["```bash", report["commands"]["fewshot"], "```"]
+    return lines
+
+
+def hardware_layers_table(report: Table) -> list[str]:
+    """Latency models against networks measured end to end on local runtimes."""
+    layers = report["layers"]
+    lines = [
+        f"{layers['space']}, {layers['samples']} random networks measured end to end on each "
+        f"runtime (one thread, batch 1, median of {layers['repeats']}), models calibrated on "
+        "10 more:",
+        "",
+        "| runtime | model | Spearman | Kendall | MAPE | within ±10 % | profile (s) | "
+        "measure all (s, est.) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for runtime, result in layers["runtimes"].items():
+        if "error" in result:
+            lines.append(f"| {runtime} | {result['error']} | | | | | | |")
+            continue
+        for index, (model, score) in enumerate(result["scores"].items()):
+            cost = (
+                f"{result['profile_seconds']:.1f} | {result['measure_all_seconds_estimate']:,.0f}"
+                if index == 0
+                else " | "
+            )
+            kendall = bold(f"{score['kendall']:.3f}", score["kendall"] >= 0.9)
+            within = bold(f"{score['within_10']:.1f} %", score["within_10"] >= 90)
+            lines.append(
+                f"| {runtime if index == 0 else ''} | {model} | {score['spearman']:.3f} "
+                f"| {kendall} | {score['mape']:.1f} % | {within} | {cost} |"
+            )
+    machine = report.get("machine", {})
+    lines += [
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.",
+        "",
+        "```bash",
+        report["commands"]["layers"],
+        "```",
+    ]
+    return lines
+
+
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     "episodes": (("episodes.json",), episodes_table),
     "meta-step-full": (("meta_step.json",), meta_step_full),
@@ -639,6 +725,8 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     ),
     "metanas": (("metanas.json",), metanas_table),
     "metanas-reference": (("metanas_reference.json",), metanas_reference_table),
+    "hardware-fewshot": (("hardware.json",), hardware_fewshot_table),
+    "hardware-layers": (("hardware.json",), hardware_layers_table),
 }
 
 
