@@ -157,3 +157,24 @@ def test_nas_adapt_needs_a_metanas_run(
     support = write_support(tmp_path / "support", [1, 1, 1])
     code, _, err = run_cli(["nas", "adapt", "--run", str(out), "--support", str(support)], capsys)
     assert code == 2 and "needs a MetaNAS run" in err
+
+
+def test_export_writes_an_onnx_model_that_runs_like_pytorch(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime
+
+    out = tmp_path / "model.onnx"
+    code, stdout, _ = run_cli(["export", "--run", str(run), "--out", str(out), "--json"], capsys)
+    assert code == 0, stdout
+    record = json.loads(stdout)
+    assert record["max_abs_difference"] < 1e-4 and record["input_shape"] == [1, 12, 12]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(1).random((3, 1, 12, 12), dtype=np.float32)
+    (logits,) = session.run(None, {"input": images})
+    assert logits.shape == (3, 3)  # any batch; the run's 3 ways
+
+    code, stdout, stderr = run_cli(
+        ["export", "--run", str(run), "--out", str(out), "--format", "tflite"], capsys
+    )
+    assert code != 0 and "only onnx" in stdout + stderr

@@ -21,6 +21,7 @@ from metarch.cli import config as config_commands
 from metarch.cli import data as data_commands
 from metarch.cli import demo as demo_command
 from metarch.cli import evaluate as evaluate_command
+from metarch.cli import export as export_command
 from metarch.cli import hardware as hardware_commands
 from metarch.cli import nas as nas_commands
 from metarch.cli import train as train_command
@@ -50,6 +51,7 @@ app.add_typer(hardware_commands.app, name="hardware")
 app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
 app.command("evaluate")(evaluate_command.evaluate)
+app.command("export")(export_command.export)
 
 EXIT_USER_ERROR = 2
 
