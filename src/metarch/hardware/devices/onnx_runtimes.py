@@ -27,24 +27,39 @@ def _version(package: str) -> str | None:
         return None
 
 
+class _ThreadedRuntime(LocalDevice):
+    """A CPU runtime from a Python package, run on ``threads`` threads.
+
+    Args:
+        threads: Intra-op threads.
+    """
+
+    #: The distribution that provides the runtime, and how to install it.
+    package = ""
+    install = ""
+
+    def __init__(self, *, threads: PositiveInt = 1) -> None:
+        self.threads = threads
+
+    def unavailable(self) -> str | None:
+        if _version(self.package) is None:
+            return f"{self.package} is not installed ({self.install})"
+        return None
+
+    def libraries(self) -> dict[str, str]:
+        return {**super().libraries(), self.package: _version(self.package) or "missing"}
+
+
 @LOCAL_DEVICES.register("onnxruntime-cpu")
-class OnnxRuntimeCPU(LocalDevice):
+class OnnxRuntimeCPU(_ThreadedRuntime):
     """ONNX Runtime's CPU execution provider, all graph optimisations on.
 
     Args:
         threads: Intra-op threads.
     """
 
-    def __init__(self, *, threads: PositiveInt = 1) -> None:
-        self.threads = threads
-
-    def unavailable(self) -> str | None:  # noqa: D102
-        if _version("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install onnxruntime)"
-        return None
-
-    def libraries(self) -> dict[str, str]:  # noqa: D102
-        return {**super().libraries(), "onnxruntime": _version("onnxruntime") or "missing"}
+    package = "onnxruntime"
+    install = "pip install onnxruntime"
 
     def measure(  # noqa: D102
         self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
@@ -57,23 +72,15 @@ class OnnxRuntimeCPU(LocalDevice):
 
 
 @LOCAL_DEVICES.register("openvino-cpu")
-class OpenVINOCPU(LocalDevice):
+class OpenVINOCPU(_ThreadedRuntime):
     """Intel OpenVINO on the CPU, compiled for latency.
 
     Args:
         threads: Inference threads.
     """
 
-    def __init__(self, *, threads: PositiveInt = 1) -> None:
-        self.threads = threads
-
-    def unavailable(self) -> str | None:  # noqa: D102
-        if _version("openvino") is None:
-            return "openvino is not installed (pip install 'metarch[openvino]')"
-        return None
-
-    def libraries(self) -> dict[str, str]:  # noqa: D102
-        return {**super().libraries(), "openvino": _version("openvino") or "missing"}
+    package = "openvino"
+    install = "pip install 'metarch[openvino]'"
 
     def measure(  # noqa: D102
         self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
