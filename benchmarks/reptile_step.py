@@ -63,6 +63,8 @@ IMPLS: dict[str, dict[str, Any]] = {
     "imperative": {},
     "metarch-loop": {"batching": "loop"},
     "metarch-batched": {"batching": "batched"},
+    # One shard per thread (the last task alone on all threads when one is left over).
+    "metarch-batched-shards": {"batching": "batched", "task_threads": None},
 }
 REFERENCE = "imperative-float64"
 
