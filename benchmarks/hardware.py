@@ -74,7 +74,7 @@ def nasbench201_flops() -> dict[str, float]:
     }
 
 
-def ridge_scores(predictor: Any, table: Any, device: str, alpha: float = 1.0) -> float:
+def ridge_spearman(predictor: Any, table: Any, device: str, alpha: float = 1.0) -> float:
     """Spearman of a ridge regression on tokens fitted to the device's reference networks."""
     from metarch.hardware.check import score_predictions
 
@@ -114,7 +114,7 @@ def run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
                 row = {
                     "spearman": ours["spearman"],
                     "kendall": ours["kendall"],
-                    "ridge_spearman": ridge_scores(predictor, table, device),
+                    "ridge_spearman": ridge_spearman(predictor, table, device),
                 }
                 if flops is not None:
                     others = [a for a in table if a not in set(predictor.reference)]

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from metarch.errors import MetarchError
@@ -47,7 +48,7 @@ from metarch.hardware.check import score_predictions
 from metarch.hardware.tables import DeviceLatencyTable
 from metarch.meta.maml import MAML
 from metarch.models.mlp import MLP
-from metarch.utils.io import atomic_write, atomic_write_text
+from metarch.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ArchitectureTokens",
@@ -337,8 +338,7 @@ class FewShotLatencyPredictor:
         """``predictor.json`` and ``predictor.safetensors`` in ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.learner.state_dict().items()}
-        with atomic_write(folder / "predictor.safetensors") as handle:
-            handle.write(_safetensors_bytes(state))
+        atomic_write_bytes(folder / "predictor.safetensors", save_safetensors(state))
         meta = {
             "format": "metarch-fewshot-latency-predictor",
             "version": 1,
@@ -374,15 +374,6 @@ class FewShotLatencyPredictor:
             learner,
             list(meta.get("history", [])),
         )
-
-
-def _safetensors_bytes(state: dict[str, Tensor]) -> bytes:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "state.safetensors"
-        save_file(state, str(path))
-        return path.read_bytes()
 
 
 def cache_key(table: DeviceLatencyTable, train: Sequence[str], settings: FewShotSettings) -> str:
