@@ -12,15 +12,19 @@ Side by side, on the same devices and networks: FLOPs (NAS-Bench-201: the rank o
 networks' FLOPs, no device data at all) and a ridge regression on the same one-hot
 architecture tokens fitted to the same 10 networks (few-shot without meta-learning).
 
-``layers``: for each local runtime (PyTorch eager, ONNX Runtime, OpenVINO; one thread),
-profile the NAS-Bench-201 space layer by layer, then measure 200 random networks end to end
-(plus 10 that calibrate the models) and score the layer table, FLOPs and parameters as
-latency models; and what profiling cost against measuring every network of the space.
+``layers``: for each space (NAS-Bench-201; the Conv-4-like ``elastic-conv``) and local
+runtime (PyTorch eager, ONNX Runtime, OpenVINO; one thread), profile the space layer by
+layer, then measure 200 random networks end to end (plus 10 that calibrate the models) and
+score the layer table, FLOPs and parameters as latency models; measure the 200 networks
+again (the "retest": how well the truth predicts itself, a ceiling for any model); and
+what profiling cost against measuring every network of the space. Everything is timed in
+interleaved rounds, each layer or network keeping its fastest round.
 
 Usage::
 
     python benchmarks/hardware.py --data-root ../shared/data [--part fewshot|layers]
-        [--seeds 0 1 2] [--iterations 1000] [--samples 200] [--publish | --out FILE]
+        [--seeds 0 1 2] [--iterations 1000] [--samples 200] [--rounds 5]
+        [--spaces nasbench201 elastic-conv] [--publish | --out FILE]
 """
 
 from __future__ import annotations
@@ -165,51 +169,86 @@ def summarise(runs: list[dict[str, Any]], devices: list[str]) -> dict[str, Any]:
     return {"devices": per_device, "overall": overall}
 
 
+#: Spaces of the layer-table benchmark: NAS-Bench-201 as the benchmark builds it, and a
+#: Conv-4-like space (every network a sequence of convolution layers) on the same images.
+LAYER_SPACES: dict[str, dict[str, Any]] = {
+    "nasbench201": {},
+    "elastic-conv": {"in_channels": 3, "image_size": 32},
+}
+
+
 def run_layers(args: argparse.Namespace) -> dict[str, Any]:
-    from metarch.hardware.check import check_latency_models
+    from metarch.hardware.check import check_latency_models, score_predictions
     from metarch.hardware.devices import Measurement, create_device
     from metarch.hardware.lut import LayerLatencyTable, profile_layers
     from metarch.hardware.predictors import FlopsModel, LayerTableModel, ParamsModel
     from metarch.nas import create_space
 
-    space = create_space("nasbench201")
-    how = Measurement(warmup=10, repeats=args.repeats)
-    results: dict[str, Any] = {}
-    for name in args.runtimes:
-        device = create_device(name, threads=1)
-        reason = device.unavailable()
-        if reason is not None:
-            results[name] = {"error": reason}
-            continue
-        with tempfile.TemporaryDirectory() as folder:
+    how = Measurement(warmup=5, repeats=args.repeats, rounds=args.rounds)
+    spaces: dict[str, Any] = {}
+    for space_name in args.spaces:
+        space = create_space(space_name, **LAYER_SPACES[space_name])
+        results: dict[str, Any] = {}
+        for name in args.runtimes:
+            device = create_device(name, threads=1)
+            reason = device.unavailable()
+            if reason is not None:
+                results[name] = {"error": reason}
+                continue
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                profile_layers(space, device, Path(folder) / "t.json", how=how)
+                profile_seconds = time.perf_counter() - started
+                table = LayerLatencyTable.load(Path(folder) / "t.json")
+            layer_table = LayerTableModel(space, table=table)
+            models = {
+                "layer-table": layer_table,
+                "flops": FlopsModel(space),
+                "params": ParamsModel(space),
+            }
             started = time.perf_counter()
-            profile_layers(space, device, Path(folder) / "t.json", how=how)
-            profile_seconds = time.perf_counter() - started
-            table = LayerLatencyTable.load(Path(folder) / "t.json")
-        models = {
-            "layer-table": LayerTableModel(space, table=table),
-            "flops": FlopsModel(space),
-            "params": ParamsModel(space),
-        }
-        started = time.perf_counter()
-        report = check_latency_models(
-            space, device, models, samples=args.samples, calibration=10, seed=0, how=how
-        )
-        measure_seconds = time.perf_counter() - started
-        networks = len(report["networks"])
-        results[name] = {
-            "device": report["device"],
-            "layers": len(table.layers),
-            "profile_seconds": profile_seconds,
-            "measure_seconds_per_network": measure_seconds / networks,
-            "measure_all_seconds_estimate": measure_seconds / networks * (space.size() or 0),
-            "scores": report["scores"],
-            "median_network_ms": statistics.median(n["measured_ms"] for n in report["networks"]),
-            "networks": report["networks"],
-        }
-        print(f"{name}: {report['scores']['layer-table']}", flush=True)
-    return {"space": "nasbench201", "samples": args.samples, "repeats": args.repeats} | {
-        "runtimes": results
+            report = check_latency_models(
+                space, device, models, samples=args.samples, calibration=10, seed=0, how=how
+            )
+            measure_seconds = time.perf_counter() - started
+            networks = [n for n in report["networks"] if not n["calibration"]]
+            # The same networks measured again: how reproducible the truth itself is.
+            again = device.measure_many(
+                [
+                    (space.build(space.decode(n["architecture"])), space.input_shape)
+                    for n in networks
+                ],
+                how,
+            )
+            retest = score_predictions(
+                [t.median_ms for t in again], [n["measured_ms"] for n in networks]
+            )
+            per_network = measure_seconds / len(report["networks"])
+            results[name] = {
+                "device": report["device"],
+                "layers": len(table.layers),
+                "profile_seconds": profile_seconds,
+                "measure_seconds_per_network": per_network,
+                "measure_all_seconds_estimate": per_network * (space.size() or 0),
+                "scores": report["scores"],
+                "retest": retest.to_json(),
+                "calibration": {
+                    "scale": layer_table.scale,
+                    "offset_ms": layer_table.offset_ms,
+                },
+                "median_network_ms": statistics.median(n["measured_ms"] for n in networks),
+                "networks": report["networks"],
+            }
+            print(
+                f"{space_name} {name}: {report['scores']['layer-table']} retest {retest}",
+                flush=True,
+            )
+        spaces[space_name] = {"settings": space.settings(), "runtimes": results}
+    return {
+        "samples": args.samples,
+        "calibration": 10,
+        "measurement": {"warmup": how.warmup, "repeats": how.repeats, "rounds": how.rounds},
+        "spaces": spaces,
     }
 
 
@@ -220,8 +259,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runtimes", nargs="+", default=RUNTIMES)
+    parser.add_argument("--spaces", nargs="+", default=list(LAYER_SPACES), choices=LAYER_SPACES)
     parser.add_argument("--merge-into", default=None, help="a report whose other parts to keep")
     add_output_arguments(parser, "hardware")
     args = parser.parse_args()

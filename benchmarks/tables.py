@@ -669,34 +669,50 @@ def hardware_fewshot_table(report: Table) -> list[str]:
     return lines
 
 
+def _seconds(value: float) -> str:
+    """Seconds, in years where they run to many."""
+    year = 365.25 * 24 * 3600
+    return f"{value:,.0f}" if value < year else f"{value / year:,.0f} years"
+
+
 def hardware_layers_table(report: Table) -> list[str]:
     """Latency models against networks measured end to end on local runtimes."""
     layers = report["layers"]
+    how = layers["measurement"]
     lines = [
-        f"{layers['space']}, {layers['samples']} random networks measured end to end on each "
-        f"runtime (one thread, batch 1, median of {layers['repeats']}), models calibrated on "
-        "10 more:",
-        "",
-        "| runtime | model | Spearman | Kendall | MAPE | within ±10 % | profile (s) | "
-        "measure all (s, est.) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"{layers['samples']} random networks of each space measured end to end on each "
+        f"runtime (one thread, batch 1; {how['rounds']} interleaved rounds of "
+        f"{how['repeats']} runs, each network's fastest round), models calibrated on "
+        f"{layers['calibration']} more. *retest*: the same networks measured again, scored "
+        "against the first measurement (a ceiling for any model on this machine).",
     ]
-    for runtime, result in layers["runtimes"].items():
-        if "error" in result:
-            lines.append(f"| {runtime} | {result['error']} | | | | | | |")
-            continue
-        for index, (model, score) in enumerate(result["scores"].items()):
-            cost = (
-                f"{result['profile_seconds']:.1f} | {result['measure_all_seconds_estimate']:,.0f}"
-                if index == 0
-                else " | "
-            )
-            kendall = bold(f"{score['kendall']:.3f}", score["kendall"] >= 0.9)
-            within = bold(f"{score['within_10']:.1f} %", score["within_10"] >= 90)
-            lines.append(
-                f"| {runtime if index == 0 else ''} | {model} | {score['spearman']:.3f} "
-                f"| {kendall} | {score['mape']:.1f} % | {within} | {cost} |"
-            )
+    for space, result in layers["spaces"].items():
+        lines += [
+            "",
+            f"**{space}** ({', '.join(f'{k}={v}' for k, v in result['settings'].items())})",
+            "",
+            "| runtime | model | Spearman | Kendall | MAPE | within ±10 % | layers | "
+            "profile (s) | measure all (s, est.) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for runtime, outcome in result["runtimes"].items():
+            if "error" in outcome:
+                lines.append(f"| {runtime} | {outcome['error']} | | | | | | | |")
+                continue
+            rows = [*outcome["scores"].items(), ("*retest*", outcome["retest"])]
+            for index, (model, score) in enumerate(rows):
+                cost = (
+                    f"{outcome['layers']} | {outcome['profile_seconds']:.1f} | "
+                    f"{_seconds(outcome['measure_all_seconds_estimate'])}"
+                    if index == 0
+                    else " | | "
+                )
+                kendall = bold(f"{score['kendall']:.3f}", score["kendall"] >= 0.9)
+                within = bold(f"{score['within_10']:.1f} %", score["within_10"] >= 90)
+                lines.append(
+                    f"| {runtime if index == 0 else ''} | {model} | {score['spearman']:.3f} "
+                    f"| {kendall} | {score['mape']:.1f} % | {within} | {cost} |"
+                )
     machine = report.get("machine", {})
     lines += [
         "",

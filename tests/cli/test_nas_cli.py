@@ -4,6 +4,7 @@ tasks adapted to), and ``metarch nas adapt`` to a user's support folder."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,26 @@ def test_export_writes_an_onnx_model_that_runs_like_pytorch(
         ["export", "--run", str(run), "--out", str(out), "--format", "tflite"], capsys
     )
     assert code != 0 and "only onnx" in stdout + stderr
+
+
+def test_export_of_one_architecture_keeps_only_its_operations(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole, one = tmp_path / "whole.onnx", tmp_path / "one.onnx"
+    assert run_cli(["export", "--run", str(run), "--out", str(whole)], capsys)[0] == 0
+    space = create_space("metanas", channels=4, cells=2, in_channels=1, image_size=12)
+    architecture = space.encode(space.sample(random.Random(3)))
+    code, stdout, _ = run_cli(
+        ["export", "--run", str(run), "--arch", architecture, "--out", str(one), "--json"], capsys
+    )
+    assert code == 0, stdout
+    record = json.loads(stdout)
+    assert record["architecture"] == architecture and record["max_abs_difference"] < 1e-4
+    discrete = space.build(space.decode(architecture), num_classes=3)
+    assert record["parameters"] == sum(p.numel() for p in discrete.parameters())
+    assert one.stat().st_size < whole.stat().st_size
+
+    code, stdout, stderr = run_cli(
+        ["export", "--run", str(run), "--arch", "not-a-genotype", "--out", str(one)], capsys
+    )
+    assert code != 0 and "not-a-genotype" in stdout + stderr

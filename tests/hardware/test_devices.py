@@ -5,12 +5,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
-from metarch.hardware.devices import LOCAL_DEVICES, DeviceError, Measurement, create_device
+from metarch.hardware.devices import (
+    LOCAL_DEVICES,
+    DeviceError,
+    LocalDevice,
+    Measurement,
+    Runner,
+    create_device,
+)
 from metarch.hardware.lut import LayerLatencyTable
 from metarch.hardware.onnx import export_onnx, max_abs_difference
 from metarch.nas import create_space
@@ -41,6 +51,37 @@ def test_local_runtimes_time_a_network_and_leave_it_as_it_was(name: str) -> None
     timing = create_device(name).measure(model, (3, 16, 16), Measurement(1, 3))
     assert timing.median_ms > 0 and timing.repeats == 3
     assert model.training and torch.get_num_threads() == threads
+
+
+def test_rounds_interleave_modules_and_keep_each_ones_fastest_round() -> None:
+    class SlowFirstRound(LocalDevice):
+        """Every module's calls take 3 ms until the device has run 8 calls in all."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @contextmanager
+        def runner(
+            self, module: torch.nn.Module, input_shape: tuple[int, ...], batch: int
+        ) -> Iterator[Runner]:
+            def call() -> None:
+                self.calls += 1
+                if self.calls <= 8:
+                    time.sleep(0.003)
+
+            yield Runner(call)
+
+    device = SlowFirstRound()
+    seen: list[tuple[int, int]] = []
+    modules = [(torch.nn.Identity(), (1,)), (torch.nn.Identity(), (1,))]
+    timings = device.measure_many(
+        modules, Measurement(warmup=1, repeats=3, rounds=2), on_timed=lambda *a: seen.append(a)
+    )
+    # Round one (4 calls per module) was slow for both; round two was fast and is kept.
+    assert device.calls == 16 and seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(timing.median_ms < 2.0 and timing.repeats == 3 for timing in timings)
+    with pytest.raises(DeviceError, match="rounds >= 1"):
+        Measurement(rounds=0)
 
 
 def test_channels_last_runs_the_same_network() -> None:

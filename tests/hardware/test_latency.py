@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from metarch.hardware import DeviceLatencyTable
 from metarch.hardware.check import check_latency_models, distinct_samples, score_predictions
-from metarch.hardware.devices import LocalDevice, Measurement
+from metarch.hardware.devices import LocalDevice, Measurement, Runner
 from metarch.hardware.lut import LayerLatencyTable, LayerTableError, profile_layers
 from metarch.hardware.predictors import (
     DeviceTableModel,
@@ -46,12 +48,30 @@ class FakeDevice(LocalDevice):
         self.threads = threads
         self.calls = 0
 
-    def measure(
-        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-    ) -> Timing:
-        self.calls += 1
-        ms = fake_ms(module)
-        return Timing(ms, ms, ms, 0.0, 1, 0)
+    def latency(self, module: nn.Module) -> float:
+        return fake_ms(module)
+
+    @contextmanager
+    def runner(
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int
+    ) -> Iterator[Runner]:
+        yield Runner(lambda: None)
+
+    def measure_many(
+        self,
+        modules: Sequence[tuple[nn.Module, tuple[int, ...]]],
+        how: Measurement | None = None,
+        *,
+        on_timed: Callable[[int, int], None] | None = None,
+    ) -> list[Timing]:
+        timings = []
+        for index, (module, _) in enumerate(modules):
+            self.calls += 1
+            ms = self.latency(module)
+            timings.append(Timing(ms, ms, ms, 0.0, 1, 0))
+            if on_timed is not None:
+                on_timed(index + 1, len(modules))
+        return timings
 
 
 def small_space() -> Any:
@@ -107,13 +127,14 @@ def test_an_interrupted_profile_resumes_with_only_the_missing_layers(tmp_path: P
         if done == 3:
             raise KeyboardInterrupt
 
+    # Saved after every chunk of two layers: the kill in the second chunk loses it.
     with pytest.raises(KeyboardInterrupt):
-        profile_layers(space, FakeDevice(), out, on_layer=stop_after_three)
+        profile_layers(space, FakeDevice(), out, on_layer=stop_after_three, chunk=2)
     partial = LayerLatencyTable.load(out)
-    assert len(partial.entries) == 3 and not partial.complete
+    assert len(partial.entries) == 2 and not partial.complete
     device = FakeDevice()
     table = profile_layers(space, device, out)
-    assert table.complete and device.calls == len(table.layers) - 3
+    assert table.complete and device.calls == len(table.layers) - 2
     # A table of another profile is refused, not overwritten.
     with pytest.raises(LayerTableError, match="another profile"):
         profile_layers(space, FakeDevice(threads=2), out)
@@ -166,15 +187,29 @@ def test_the_layer_table_predicts_an_additive_device_exactly(tmp_path: Path) -> 
     assert score.within_10 == 100.0 and score.mape == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_layer_table_calibrates_a_uniformly_slower_runtime_with_a_line(
+    tmp_path: Path,
+) -> None:
+    space = small_space()
+    table = profile_layers(space, FakeDevice(), tmp_path / "t.json")
+    model = LayerTableModel(space, table=table)
+    architectures = distinct_samples(space, 12, seed=4)
+    sums = [model.layer_sum(a) for a in architectures]
+    truth = [1.5 * total + 0.2 for total in sums]
+    model.fit(architectures[:5], truth[:5])
+    assert (model.scale, model.offset_ms) == pytest.approx((1.5, 0.2))
+    assert [model.predict(a) for a in architectures] == pytest.approx(truth)
+    # A constant alone is kept where it predicts the left-out networks better.
+    model.fit(architectures[:5], [total + 0.3 for total in sums[:5]])
+    assert (model.scale, model.offset_ms) == pytest.approx((1.0, 0.3))
+
+
 def test_check_scores_every_model_on_networks_it_did_not_calibrate_on(tmp_path: Path) -> None:
     space = small_space()
 
     class Additive(FakeDevice):
-        def measure(
-            self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-        ) -> Timing:
-            ms = fake_ms(module) + 0.1 * len(list(module.modules()))
-            return Timing(ms, ms, ms, 0.0, 1, 0)
+        def latency(self, module: nn.Module) -> float:
+            return fake_ms(module) + 0.1 * len(list(module.modules()))
 
     table = profile_layers(space, FakeDevice(), tmp_path / "t.json")
     models = {

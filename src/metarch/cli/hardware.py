@@ -62,7 +62,16 @@ CLASSES_OPTION = typer.Option(
     None, "--classes", help="Put a linear head of this many classes on every network."
 )
 WARMUP_OPTION = typer.Option(10, "--warmup", min=0, help="Untimed runs before timing.")
-REPEATS_OPTION = typer.Option(50, "--repeats", min=1, help="Timed runs (median reported).")
+REPEATS_OPTION = typer.Option(
+    20, "--repeats", min=1, help="Timed runs per round (their median is the round's)."
+)
+ROUNDS_OPTION = typer.Option(
+    5,
+    "--rounds",
+    min=1,
+    help="Rounds across all layers or networks; each keeps its fastest round's median "
+    "(steadier on a machine whose speed drifts).",
+)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Any]:
@@ -170,12 +179,13 @@ def profile(
     classes: int | None = CLASSES_OPTION,
     warmup: int = WARMUP_OPTION,
     repeats: int = REPEATS_OPTION,
+    rounds: int = ROUNDS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Time every distinct layer of a search space on a device, into a layer latency table.
 
-    The table is written after every layer: run the same command again after a kill and
-    it carries on. Needs only this package's torch (and the device's runtime), so it can
+    The table is written after every chunk of layers: run the same command again after a
+    kill and it carries on. Needs only this package's torch (and the device's runtime), so it can
     run on the target device itself.
     """
     space = _space(space_name, space_settings, shape)
@@ -192,7 +202,7 @@ def profile(
             space,
             device,
             out,
-            how=Measurement(warmup, repeats),
+            how=Measurement(warmup, repeats, rounds=rounds),
             num_classes=classes,
             on_layer=on_layer,
         )
@@ -230,7 +240,8 @@ def check(
     classes: int | None = CLASSES_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed of the networks drawn."),
     warmup: int = WARMUP_OPTION,
-    repeats: int = typer.Option(30, "--repeats", min=1, help="Timed runs per network."),
+    repeats: int = REPEATS_OPTION,
+    rounds: int = ROUNDS_OPTION,
     report_path: Path | None = typer.Option(
         None, "--out", help="Also write the full report (every network) as JSON here."
     ),
@@ -243,7 +254,7 @@ def check(
     """
     space = _space(space_name, space_settings, shape)
     device = _device(device_name, device_settings)
-    how = Measurement(warmup, repeats)
+    how = Measurement(warmup, repeats, rounds=rounds)
     console = Console(stderr=True)
     with tempfile.TemporaryDirectory() as folder:
         if table_path is None:
@@ -256,7 +267,7 @@ def check(
         "params": ParamsModel(space, classes),
     }
     with _progress(console, "measure") as progress:
-        task = progress.add_task("measure", total=samples + calibration, status="")
+        task = progress.add_task("measure", total=None, status="")
         report = check_latency_models(
             space,
             device,
@@ -266,7 +277,7 @@ def check(
             seed=seed,
             how=how,
             num_classes=classes,
-            on_network=lambda done, _: progress.update(task, completed=done),
+            on_network=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if report_path is not None:
         atomic_write_text(report_path, json.dumps(report, indent=1) + "\n")

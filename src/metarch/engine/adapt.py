@@ -118,6 +118,7 @@ def write_adapted(
         "meta_architecture": trained.learner.meta_architecture(),
         "parameters": cost.parameters,
         "flops": cost.flops,
+        "peak_activation_bytes": cost.peak_activation_bytes,
         "input_shape": list(cost.input_shape),
         "classes": list(support.classes),
         "support_images": len(support.labels),

@@ -60,6 +60,7 @@ class ArchitectureShare:
         accuracy: Their mean query accuracy, in percent.
         parameters: Trainable parameters of its discrete network (with the head).
         flops: Its FLOPs per image.
+        peak_activation_bytes: Its peak activation memory per image.
     """
 
     architecture: str
@@ -67,6 +68,7 @@ class ArchitectureShare:
     accuracy: float
     parameters: int
     flops: int
+    peak_activation_bytes: int
 
     def to_json(self) -> dict[str, Any]:
         """Every field, by name."""
@@ -76,6 +78,7 @@ class ArchitectureShare:
             "accuracy": _finite(self.accuracy),
             "parameters": self.parameters,
             "flops": self.flops,
+            "peak_activation_bytes": self.peak_activation_bytes,
         }
 
 
@@ -164,6 +167,7 @@ def summarize_architectures(
                 accuracy=float(accuracies[chosen].double().mean() * 100.0),
                 parameters=cost.parameters,
                 flops=cost.flops,
+                peak_activation_bytes=cost.peak_activation_bytes,
             )
         )
     return AdaptedArchitectures(

@@ -93,6 +93,9 @@ def check_latency_models(
 ) -> dict[str, Any]:
     """Measure ``calibration + samples`` random networks; calibrate and score each model.
 
+    The networks are timed together in ``how.rounds`` interleaved rounds (``on_network``
+    is called with (timings done, timings in all)).
+
     Returns:
         A JSON report: the measured networks (string, milliseconds, predictions) and one
         :class:`PredictionScore` per model on the ``samples`` networks it was not
@@ -101,12 +104,12 @@ def check_latency_models(
     device.check_available()
     how = how or Measurement()
     architectures = distinct_samples(space, calibration + samples, seed)
-    measured = []
-    for index, architecture in enumerate(architectures):
-        network = space.build(architecture, num_classes=num_classes)
-        measured.append(device.measure(network, space.input_shape, how).median_ms)
-        if on_network is not None:
-            on_network(index + 1, len(architectures))
+    timings = device.measure_many(
+        [(space.build(a, num_classes=num_classes), space.input_shape) for a in architectures],
+        how,
+        on_timed=on_network,
+    )
+    measured = [timing.median_ms for timing in timings]
     fit, test = slice(0, calibration), slice(calibration, None)
     scores: dict[str, Any] = {}
     predictions: dict[str, list[float]] = {}

@@ -1,15 +1,15 @@
 """Layer latency tables: every distinct layer of a search space, timed once on one device.
 
-The file is JSON, written atomically after every layer (so a killed profile resumes where
-it stopped) and sealed with a SHA-256 checksum over its content (so a truncated or edited
-table is refused instead of silently mispredicting)::
+The file is JSON, written atomically after every chunk of layers (so a killed profile
+resumes where it stopped) and sealed with a SHA-256 checksum over its content (so a
+truncated or edited table is refused instead of silently mispredicting)::
 
     {
       "format": "metarch-layer-latency-table",
       "version": 1,
       "space": {"name": "nasbench201", "settings": {"channels": 16, ...}},
       "num_classes": null,
-      "measurement": {"warmup": 10, "repeats": 50, "batch": 1},
+      "measurement": {"warmup": 10, "repeats": 50, "batch": 1, "rounds": 5},
       "device": {"device": "torch-cpu", "settings": {"threads": 1, ...}, "cpu": "...",
                  "libraries": {"torch": "2.13.0"}, "date": "...", ...},
       "layers": ["stem_conv_bn|in=3x32x32|out=16|k=3|s=1", ...],
@@ -23,8 +23,11 @@ table is refused instead of silently mispredicting)::
 ``layers`` is the space's catalogue (what a complete table holds); ``entries`` the layers
 timed so far, keys :attr:`metarch.nas.spaces.base.Layer.key`, values a
 :class:`metarch.utils.timing.Timing` (median, 10th and 90th percentile and median absolute
-deviation in ms, repeats, slow outliers rejected); a layer's latency is its median. The format is
-versioned: a reader refuses versions it does not know.
+deviation in ms, repeats, slow outliers rejected) of the layer's fastest round; a layer's
+latency is its median. Layers are timed in chunks, in interleaved rounds
+(:meth:`metarch.hardware.devices.base.LocalDevice.measure_many`), and the file is written
+after every chunk. The format is versioned: a reader refuses versions it does not know
+(``rounds`` was added within version 1; a file without it was timed in one round).
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class LayerLatencyTable:
                 "warmup": self.measurement.warmup,
                 "repeats": self.measurement.repeats,
                 "batch": self.measurement.batch,
+                "rounds": self.measurement.rounds,
             },
             "device": self.device,
             "layers": self.layers,
@@ -186,6 +190,7 @@ class LayerLatencyTable:
                     int(measurement["warmup"]),
                     int(measurement["repeats"]),
                     int(measurement["batch"]),
+                    int(measurement.get("rounds", 1)),
                 ),
                 device=dict(document["device"]),
                 layers=[str(key) for key in document["layers"]],
@@ -209,10 +214,12 @@ def profile_layers(
     how: Measurement | None = None,
     num_classes: int | None = None,
     on_layer: Callable[[int, int, str], None] | None = None,
+    chunk: int = 64,
 ) -> LayerLatencyTable:
     """Time every distinct layer of ``space`` on ``device``; the table, saved to ``out``.
 
-    The table is saved after every layer. If ``out`` holds a table of the same space,
+    Layers are timed ``chunk`` at a time in ``how.rounds`` interleaved rounds; the table
+    is saved after every chunk. If ``out`` holds a table of the same space,
     device settings and measurement (an interrupted profile), its layers are kept and only
     the missing ones are timed; a table of anything else is refused, never overwritten.
 
@@ -222,7 +229,9 @@ def profile_layers(
         out: The table file.
         how: Warm-up, repeats and batch.
         num_classes: Classes of the head to profile too (None: backbones).
-        on_layer: Called with (layers done, layers in all, key) after each layer.
+        on_layer: Called with (layers done, layers in all, key) after each layer's last
+            round.
+        chunk: Layers timed together (and lost at most, if the profile is killed).
     """
     device.check_available()
     how = how or Measurement()
@@ -238,17 +247,39 @@ def profile_layers(
     )
     if out.exists():
         table.entries = _resumable_entries(LayerLatencyTable.load(out), table)
-    done = len(table.entries)
-    for layer in catalogue:
-        if layer.key in table.entries:
-            continue
-        table.entries[layer.key] = device.measure(layer.build(), layer.input_shape, how)
+    missing = [layer for layer in catalogue if layer.key not in table.entries]
+    done = len(catalogue) - len(missing)
+    for start in range(0, len(missing), max(1, chunk)):
+        layers = missing[start : start + max(1, chunk)]
+        timings = device.measure_many(
+            [(layer.build(), layer.input_shape) for layer in layers],
+            how,
+            on_timed=_last_round(layers, how.rounds, done, len(catalogue), on_layer),
+        )
+        table.entries.update({layer.key: t for layer, t in zip(layers, timings, strict=True)})
+        done += len(layers)
         table.save(out)
-        done += 1
-        if on_layer is not None:
-            on_layer(done, len(catalogue), layer.key)
     table.save(out)
     return table
+
+
+def _last_round(
+    layers: list[Layer],
+    rounds: int,
+    done: int,
+    total: int,
+    on_layer: Callable[[int, int, str], None] | None,
+) -> Callable[[int, int], None] | None:
+    """A ``measure_many`` callback that reports each layer of a chunk in its last round."""
+    if on_layer is None:
+        return None
+    before = (rounds - 1) * len(layers)
+
+    def timed(count: int, _total: int) -> None:
+        if count > before:
+            on_layer(done + count - before, total, layers[count - before - 1].key)
+
+    return timed
 
 
 def _resumable_entries(saved: LayerLatencyTable, fresh: LayerLatencyTable) -> dict[str, Timing]:

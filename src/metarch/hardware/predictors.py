@@ -5,8 +5,9 @@ interface (:class:`LatencyModel`), and may be calibrated on a few networks measu
 the device (:meth:`LatencyModel.fit`):
 
 * ``layer-table``: the sum of the network's layers in a layer latency table profiled on
-  the device, plus a per-network constant (what the layers alone do not see: the
-  framework's per-call overhead, fusion across layers) fitted on the measured networks.
+  the device, calibrated on the measured networks by a constant (what the layers alone do
+  not see: the framework's per-call overhead) or a line (a runtime whose networks run
+  uniformly slower than their layers alone), whichever predicts them better.
 * ``device-table``: exact lookup in a table of measured whole networks (HELP's CSV
   devices).
 * ``flops`` and ``params``: proxies, scaled to milliseconds by a least-squares line through
@@ -17,9 +18,8 @@ Models register in :data:`LATENCY_MODELS`.
 
 from __future__ import annotations
 
-import statistics
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,14 @@ LATENCY_MODELS: Registry[type[LatencyModel]] = Registry("latency model")
 
 @LATENCY_MODELS.register("layer-table")
 class LayerTableModel(LatencyModel):
-    """Sum of layer latencies from a table, plus a constant fitted on measured networks.
+    """Sum of layer latencies from a table, calibrated on a few measured networks.
+
+    Two calibrations, chosen by leave-one-out error on the measured networks: a constant
+    added to the sum (what the layers alone do not see: the network's one call overhead
+    against one per layer), or a line ``scale * sum + constant`` (a runtime whose
+    networks run uniformly slower or faster than their layers alone: PyTorch eager,
+    whose layers timed alone keep their weights and activations in cache). The line needs
+    three networks or more; uncalibrated, the model predicts the sum itself.
 
     Args:
         table: The device's layer latency table (checked against the space).
@@ -81,23 +88,58 @@ class LayerTableModel(LatencyModel):
         super().__init__(space, num_classes)
         table.check_space(space, num_classes)
         self.table = table
+        self.scale = 1.0
         self.offset_ms = 0.0
 
     def layer_sum(self, architecture: Any) -> float:
-        """The sum of the network's layer latencies, without the constant."""
+        """The sum of the network's layer latencies, uncalibrated."""
         layers = self.space.layers(architecture, num_classes=self.num_classes)
         return self.table.network_latency(layers)
 
     def fit(self, architectures: Sequence[Any], latencies_ms: Sequence[float]) -> None:
-        """The constant: the median of measured minus summed (robust to one bad timing)."""
-        residuals = [
-            measured - self.layer_sum(architecture)
-            for architecture, measured in zip(architectures, latencies_ms, strict=True)
-        ]
-        self.offset_ms = statistics.median(residuals) if residuals else 0.0
+        """Pick and fit the calibration with the lower leave-one-out error."""
+        sums = np.array([self.layer_sum(a) for a in architectures], dtype=float)
+        measured = np.array(latencies_ms, dtype=float)
+        if len(sums) == 0:
+            self.scale, self.offset_ms = 1.0, 0.0
+            return
+        fits = [_offset_fit]
+        if len(sums) >= 3 and np.ptp(sums) > 0:
+            fits.append(_line_fit)
+        best = min(fits, key=lambda fit: _leave_one_out_error(fit, sums, measured))
+        self.scale, self.offset_ms = best(sums, measured)
 
     def predict(self, architecture: Any) -> float:  # noqa: D102
-        return self.layer_sum(architecture) + self.offset_ms
+        return self.scale * self.layer_sum(architecture) + self.offset_ms
+
+
+Calibration = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
+
+
+def _offset_fit(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """Scale 1, the median residual as the constant (robust to one bad timing)."""
+    return 1.0, float(np.median(measured - sums))
+
+
+def _line_fit(sums: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """Least-squares line (a negative scale, nonsense, falls back to the constant)."""
+    scale, offset = np.polyfit(sums, measured, 1)
+    if scale <= 0:
+        return _offset_fit(sums, measured)
+    return float(scale), float(offset)
+
+
+def _leave_one_out_error(fit: Calibration, sums: np.ndarray, measured: np.ndarray) -> float:
+    """Mean relative error of ``fit`` on each network when fitted on the others."""
+    if len(sums) < 2:
+        return 0.0
+    errors = []
+    for index in range(len(sums)):
+        keep = np.arange(len(sums)) != index
+        scale, offset = fit(sums[keep], measured[keep])
+        predicted = scale * sums[index] + offset
+        errors.append(abs(predicted - measured[index]) / max(measured[index], 1e-12))
+    return float(np.mean(errors))
 
 
 @LATENCY_MODELS.register("device-table")

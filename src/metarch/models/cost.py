@@ -1,24 +1,38 @@
-"""What a network costs: parameters, FLOPs per image and measured latency.
+"""What a network costs: parameters, FLOPs and peak activation memory per image, latency.
 
 FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on one forward pass
 of one image: convolutions and matrix products, two FLOPs per multiply-accumulate (the
 convention of most architecture-search papers, which count multiply-adds and double them);
-normalisation, activations and pooling are not counted. Latency is wall-clock time of a
+normalisation, activations and pooling are not counted. Peak activation memory is the
+most bytes of tensors alive at once during an inference pass of one image (the input and
+every tensor an operation creates, until it is freed; parameters and the kernels' own
+scratch buffers not counted): what an inference engine that frees tensors as soon as
+they are dead needs beside the weights, as on a microcontroller. Latency is wall-clock time of a
 forward pass in inference mode, the median of repeats after a warm-up (slow outliers
 rejected, :func:`metarch.utils.timing.time_calls`).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from metarch.utils.timing import time_calls
 
-__all__ = ["LatencyMeasurement", "count_parameters", "flops_per_image", "measure_latency"]
+__all__ = [
+    "LatencyMeasurement",
+    "count_parameters",
+    "flops_per_image",
+    "measure_latency",
+    "peak_activation_bytes",
+]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -37,6 +51,74 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def peak_activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Most bytes of activations alive at once in an inference pass of one image.
+
+    Every tensor an operation returns is followed until its last reference dies (views
+    share their base's storage and are counted once); the input counts, parameters and
+    buffers do not.
+    """
+    was_training = model.training
+    model.eval()
+    weights = {
+        tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]
+    }
+    x = torch.zeros(1, *input_shape, device=_device_of(model))
+    tracker = _LiveTensors(ignore=weights)
+    tracker.track(x)
+    try:
+        with torch.no_grad(), tracker:
+            model(x)
+    finally:
+        model.train(was_training)
+    return tracker.peak
+
+
+class _LiveTensors(TorchDispatchMode):
+    """Counts the bytes of the storages that operations' outputs keep alive."""
+
+    def __init__(self, ignore: set[int]) -> None:
+        super().__init__()
+        self.ignore = ignore
+        self.live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors on it]
+        self.current = 0
+        self.peak = 0
+
+    def track(self, tensor: Tensor) -> None:
+        storage = tensor.untyped_storage()
+        address, size = storage.data_ptr(), storage.nbytes()
+        if size == 0 or address in self.ignore:
+            return
+        entry = self.live.setdefault(address, [size, 0])
+        if entry[1] == 0:
+            self.current += size
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        weakref.finalize(tensor, self._release, address)
+
+    def _release(self, address: int) -> None:
+        entry = self.live.get(address)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[address]
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, Tensor):
+                self.track(leaf)
+        return out
 
 
 def _device_of(model: nn.Module) -> torch.device:

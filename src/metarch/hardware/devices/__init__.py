@@ -11,6 +11,7 @@ from metarch.hardware.devices.base import (
     DeviceError,
     LocalDevice,
     Measurement,
+    Runner,
     create_device,
     machine_fingerprint,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DeviceError",
     "LocalDevice",
     "Measurement",
+    "Runner",
     "create_device",
     "machine_fingerprint",
     "onnx_runtimes",

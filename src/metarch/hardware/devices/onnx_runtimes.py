@@ -8,14 +8,15 @@ batch norm into the convolution included).
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from torch import nn
 
-from metarch.hardware.devices.base import LOCAL_DEVICES, LocalDevice, Measurement
+from metarch.hardware.devices.base import LOCAL_DEVICES, LocalDevice, Runner
 from metarch.hardware.onnx import export_onnx, onnxruntime_session
 from metarch.registry import PositiveInt
-from metarch.utils.timing import Timing, time_calls
 
 __all__ = ["OnnxRuntimeCPU", "OpenVINOCPU"]
 
@@ -61,14 +62,13 @@ class OnnxRuntimeCPU(_ThreadedRuntime):
     package = "onnxruntime"
     install = "pip install onnxruntime"
 
-    def measure(  # noqa: D102
-        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-    ) -> Timing:
-        self.check_available()
-        how = how or Measurement()
-        session = onnxruntime_session(export_onnx(module, input_shape, how.batch), self.threads)
-        feed = {"input": np.random.default_rng(0).random((how.batch, *input_shape), np.float32)}
-        return time_calls(lambda: session.run(None, feed), warmup=how.warmup, repeats=how.repeats)
+    @contextmanager
+    def runner(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int
+    ) -> Iterator[Runner]:
+        session = onnxruntime_session(export_onnx(module, input_shape, batch), self.threads)
+        feed = {"input": np.random.default_rng(0).random((batch, *input_shape), np.float32)}
+        yield Runner(lambda: session.run(None, feed))
 
 
 @LOCAL_DEVICES.register("openvino-cpu")
@@ -82,20 +82,19 @@ class OpenVINOCPU(_ThreadedRuntime):
     package = "openvino"
     install = "pip install 'metarch[openvino]'"
 
-    def measure(  # noqa: D102
-        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-    ) -> Timing:
-        self.check_available()
+    @contextmanager
+    def runner(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int
+    ) -> Iterator[Runner]:
         import openvino
 
-        how = how or Measurement()
         core = openvino.Core()
-        model = core.read_model(export_onnx(module, input_shape, how.batch))
+        model = core.read_model(export_onnx(module, input_shape, batch))
         compiled = core.compile_model(
             model,
             "CPU",
             {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(self.threads)},
         )
         request = compiled.create_infer_request()
-        x = np.random.default_rng(0).random((how.batch, *input_shape), np.float32)
-        return time_calls(lambda: request.infer([x]), warmup=how.warmup, repeats=how.repeats)
+        x = np.random.default_rng(0).random((batch, *input_shape), np.float32)
+        yield Runner(lambda: request.infer([x]))

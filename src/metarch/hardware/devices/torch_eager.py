@@ -8,9 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from metarch.hardware.devices.base import LOCAL_DEVICES, LocalDevice, Measurement
+from metarch.hardware.devices.base import LOCAL_DEVICES, LocalDevice, Runner
 from metarch.registry import PositiveInt
-from metarch.utils.timing import Timing, time_calls
 
 __all__ = ["TorchCPU", "TorchCUDA"]
 
@@ -38,20 +37,23 @@ class TorchCPU(LocalDevice):
         self.threads = threads
         self.channels_last = channels_last
 
-    def measure(  # noqa: D102
-        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-    ) -> Timing:
-        how = how or Measurement()
-        previous = torch.get_num_threads()
-        x = torch.rand(how.batch, *input_shape)
+    @contextmanager
+    def runner(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int
+    ) -> Iterator[Runner]:
+        x = torch.rand(batch, *input_shape)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
             # Module.to takes memory_format; its type stubs do not say so.
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+        # Runners of several modules are open at once: each sets the same thread count,
+        # and they are closed in reverse, so the caller's count comes back last.
+        previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
             with _eval_mode(module), torch.inference_mode():
-                return time_calls(lambda: module(x), warmup=how.warmup, repeats=how.repeats)
+                yield Runner(lambda: module(x))
         finally:
             torch.set_num_threads(previous)
 
@@ -81,22 +83,17 @@ class TorchCUDA(LocalDevice):
             versions["gpu"] = torch.cuda.get_device_name(self.index)
         return versions
 
-    def measure(  # noqa: D102
-        self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
-    ) -> Timing:
-        self.check_available()
-        how = how or Measurement()
+    @contextmanager
+    def runner(  # noqa: D102
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int
+    ) -> Iterator[Runner]:
         device = torch.device("cuda", self.index)
         original = next(module.parameters(), torch.empty(0)).device
-        x = torch.rand(how.batch, *input_shape, device=device)
+        x = torch.rand(batch, *input_shape, device=device)
         module.to(device)
+
         try:
             with _eval_mode(module), torch.inference_mode():
-                return time_calls(
-                    lambda: module(x),
-                    warmup=how.warmup,
-                    repeats=how.repeats,
-                    synchronise=lambda: torch.cuda.synchronize(device),
-                )
+                yield Runner(lambda: module(x), lambda: torch.cuda.synchronize(device))
         finally:
             module.to(original)

@@ -7,6 +7,7 @@ from metarch.nas.spaces.base import (
     SearchSpace,
     create_space,
 )
+from metarch.nas.spaces.elastic_conv import ElasticArchitecture, ElasticConvSpace
 from metarch.nas.spaces.metanas import Genotype, MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
 
@@ -14,6 +15,8 @@ __all__ = [
     "SEARCH_SPACES",
     "ArchitectureCost",
     "ArchitectureError",
+    "ElasticArchitecture",
+    "ElasticConvSpace",
     "Genotype",
     "MetaNASNetwork",
     "MetaNASSpace",

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 from torch import Tensor, nn
 
 from metarch.errors import MetarchError
-from metarch.models.cost import count_parameters, flops_per_image
+from metarch.models.cost import count_parameters, flops_per_image, peak_activation_bytes
 from metarch.models.groups import group_of
 from metarch.registry import Registry, options_of
 
@@ -47,11 +47,14 @@ class ArchitectureCost:
     Attributes:
         parameters: Trainable parameters.
         flops: Floating-point operations per image (2 per multiply-add).
-        input_shape: ``(C, H, W)`` the FLOPs were counted at.
+        peak_activation_bytes: Most bytes of activations alive at once in an inference
+            pass of one image (:func:`metarch.models.cost.peak_activation_bytes`).
+        input_shape: ``(C, H, W)`` the costs were counted at.
     """
 
     parameters: int
     flops: int
+    peak_activation_bytes: int
     input_shape: tuple[int, int, int]
 
 
@@ -221,11 +224,12 @@ class SearchSpace(ABC, Generic[A]):
         """``(C, H, W)`` of the images the space's networks take."""
 
     def cost(self, architecture: A, *, num_classes: int | None = None) -> ArchitectureCost:
-        """Parameters and FLOPs per image of ``architecture``'s network."""
+        """Parameters, FLOPs and peak activation memory per image of its network."""
         network = self.build(architecture, num_classes=num_classes)
         return ArchitectureCost(
             parameters=count_parameters(network),
             flops=flops_per_image(network, self.input_shape),
+            peak_activation_bytes=peak_activation_bytes(network, self.input_shape),
             input_shape=self.input_shape,
         )
 
@@ -247,6 +251,9 @@ class Relaxation(Protocol):
 
     def genotype(self, architecture: Mapping[str, Tensor] | None = None) -> Any:
         """The discrete architecture the (given, else own) architecture parameters choose."""
+
+    def restrict_to(self, architecture: Any) -> None:
+        """Keep only ``architecture``'s operations: compute exactly its discrete network."""
 
     def search_space(self, input_shape: tuple[int, int, int] | None = None) -> SearchSpace[Any]:
         """The space relaxed, for images of ``input_shape`` (default: the space's own)."""
