@@ -24,9 +24,11 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the default decode cache at a per-test folder, never the user's cache."""
+    """Point the default caches (decoded sets, layer tables, predictors) at a per-test
+    folder, never the user's."""
     cache = tmp_path / "metarch-cache"
     monkeypatch.setenv("METARCH_CACHE", str(cache))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     return cache
 
 

@@ -33,7 +33,12 @@ BASE = {
 METHODS = {
     "protonet": {"name": "protonet"},
     "maml": {"name": "maml", "options": {"inner_lr": 0.1, "steps": 2}},
+    "hmetanas": {
+        "name": "hmetanas",
+        "options": {"meta_learner": "fomaml", "inner_lr": 0.1, "steps": 2, "sandwich": 3},
+    },
 }
+SUPERNET = {"model": {"name": "elastic-conv-supernet", "options": {"channels": 4, "max_depth": 2}}}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +74,8 @@ AUGMENTED = {
 
 @pytest.mark.parametrize(
     ("method", "changes"),
-    [("maml", {}), ("protonet", {}), ("protonet", AUGMENTED)],
-    ids=["maml", "protonet", "protonet-augmented-channels-last"],
+    [("maml", {}), ("protonet", {}), ("protonet", AUGMENTED), ("hmetanas", SUPERNET)],
+    ids=["maml", "protonet", "protonet-augmented-channels-last", "hmetanas-supernet"],
 )
 def test_resume_is_bit_identical(
     method: str, changes: dict[str, object], tmp_path: Path, data_root: Path

@@ -114,8 +114,8 @@ def test_registry() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'resnet12'") as info:
         create_model("resnet-12")
     known = (
-        "known: conv4, conv4-strided, metanas-genotype, metanas-search, mlp, "
-        "nasbench201-genotype, nasbench201-search, resnet12"
+        "known: conv4, conv4-strided, elastic-conv, elastic-conv-supernet, metanas-genotype, "
+        "metanas-search, mlp, nasbench201-genotype, nasbench201-search, resnet12"
     )
     assert known in str(info.value)
     assert isinstance(info.value, KeyError)

@@ -24,6 +24,7 @@ from metarch.cli import evaluate as evaluate_command
 from metarch.cli import export as export_command
 from metarch.cli import hardware as hardware_commands
 from metarch.cli import nas as nas_commands
+from metarch.cli import search as search_commands
 from metarch.cli import train as train_command
 from metarch.errors import MetarchError
 from metarch.utils.io import describe_os_error, describe_unicode_error
@@ -52,6 +53,8 @@ app.command("demo")(demo_command.demo)
 app.command("train")(train_command.train)
 app.command("evaluate")(evaluate_command.evaluate)
 app.command("export")(export_command.export)
+app.command("search")(search_commands.search)
+app.command("adapt")(search_commands.adapt)
 
 EXIT_USER_ERROR = 2
 

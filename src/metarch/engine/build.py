@@ -77,8 +77,11 @@ def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> Met
     """
     torch.manual_seed(config.seed)
     options = dict(config.model.options)
-    if any(o.name == "in_channels" for o in MODELS.options(config.model.name)):
+    names = {o.name for o in MODELS.options(config.model.name)}
+    if "in_channels" in names:
         options.setdefault("in_channels", image_shape[0])
+    if "image_size" in names:  # a model whose layers depend on it (a supernet's head)
+        options.setdefault("image_size", image_shape[1])
     with _options_of("model"):
         backbone = create_model(config.model.name, **options)
     if config.model.channels_last:

@@ -161,29 +161,37 @@ class MetaBatchNorm2d(nn.Module):
         return f"{self.channels}, slots={self.slots}, momentum={self.momentum}, eps={self.eps}"
 
     def forward(self, x: Tensor) -> Tensor:
-        """Normalise ``x`` of shape ``(N, C, H, W)``."""
+        """Normalise ``x`` of shape ``(N, C, H, W)``.
+
+        ``x`` may have fewer channels than the layer (a narrower sub-network of an
+        elastic supernet): its ``C`` channels use the layer's first ``C`` affine parameters
+        and running statistics.
+        """
         context = current_context().norm
+        width = x.shape[1]
+        if width > self.channels:
+            raise ValueError(f"{width} channels into a batch norm of {self.channels}")
         if context is None:
             # Plain-module semantics: identical to nn.BatchNorm2d on slot 0.
             return F.batch_norm(
                 x,
-                self.running_mean[0],
-                self.running_var[0],
-                self.weight[0],
-                self.bias[0],
+                self.running_mean[0, :width],
+                self.running_var[0, :width],
+                self.weight[0, :width],
+                self.bias[0, :width],
                 self.training,
                 self.momentum,
                 self.eps,
             )
         slot = min(context.step, self.slots - 1)
-        weight, bias = self.weight[slot], self.bias[slot]
+        weight, bias = self.weight[slot, :width], self.bias[slot, :width]
         if context.use_running:
-            mean, var = self.running_mean[slot], self.running_var[slot]
+            mean, var = self.running_mean[slot, :width], self.running_var[slot, :width]
         elif context.update_running:
             return F.batch_norm(
                 x,
-                self.running_mean[slot],
-                self.running_var[slot],
+                self.running_mean[slot, :width],
+                self.running_var[slot, :width],
                 weight,
                 bias,
                 True,
@@ -214,9 +222,13 @@ class MetaBatchNorm2d(nn.Module):
 
     @torch.no_grad()
     def update_running_statistics(self, slot: int, mean: Tensor, var: Tensor) -> None:
-        """Fold batch statistics (averaged over tasks) into the running buffers of ``slot``."""
-        self.running_mean[slot].lerp_(mean, self.momentum)
-        self.running_var[slot].lerp_(var, self.momentum)
+        """Fold batch statistics (averaged over tasks) into the running buffers of ``slot``.
+
+        Statistics of ``C`` channels (a narrower sub-network) update the first ``C``.
+        """
+        width = mean.shape[-1]
+        self.running_mean[slot, :width].lerp_(mean, self.momentum)
+        self.running_var[slot, :width].lerp_(var, self.momentum)
 
 
 def name_norm_layers(model: nn.Module) -> None:

@@ -3,7 +3,9 @@
 So that a config trains them like any backbone: ``metanas-search`` and
 ``nasbench201-search`` (the relaxations MetaNAS meta-learns), ``metanas-genotype`` and
 ``nasbench201-genotype`` (the discrete network of one genotype string, for
-fixed-architecture baselines and retraining a found cell).
+fixed-architecture baselines and retraining a found cell), ``elastic-conv-supernet`` (the
+weight-sharing supernet H-Meta-NAS meta-learns) and ``elastic-conv`` (one of its
+networks, for manual baselines in the same space).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from torch import nn
 
 from metarch.models.registry import MODELS
+from metarch.nas.spaces.elastic_conv import ElasticConvNetwork, ElasticConvSpace
+from metarch.nas.spaces.elastic_conv_supernet import ElasticConvSupernet
 from metarch.nas.spaces.metanas import MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
 from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
 from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
 from metarch.registry import PositiveInt
 
-__all__ = ["metanas_genotype_network", "nasbench201_genotype_network"]
+__all__ = ["elastic_conv_network", "metanas_genotype_network", "nasbench201_genotype_network"]
 
 
 def metanas_genotype_network(
@@ -67,7 +71,37 @@ def nasbench201_genotype_network(
     )
 
 
+def elastic_conv_network(
+    *,
+    architecture: str,
+    channels: PositiveInt = 32,
+    max_depth: PositiveInt = 3,
+    in_channels: PositiveInt = 3,
+    image_size: PositiveInt = 32,
+) -> nn.Module:
+    """The network of one elastic-conv architecture (its canonical string).
+
+    Args:
+        architecture: ``e<expansion>|k<kernel>w<ratio>,...|...`` (4 stages).
+        channels: The space's base width.
+        max_depth: Most layers per stage.
+        in_channels: Image channels (set from the data).
+        image_size: Image side (set from the data).
+    """
+    space = ElasticConvSpace(
+        channels=channels, max_depth=max_depth, in_channels=in_channels, image_size=image_size
+    )
+    return ElasticConvNetwork(
+        space.decode(architecture),
+        channels=channels,
+        in_channels=in_channels,
+        image_size=image_size,
+    )
+
+
 MODELS.add("metanas-search", MetaNASSearchNetwork)
+MODELS.add("elastic-conv-supernet", ElasticConvSupernet)
+MODELS.add("elastic-conv", elastic_conv_network)
 MODELS.add("metanas-genotype", metanas_genotype_network)
 MODELS.add("nasbench201-search", NASBench201SearchNetwork)
 MODELS.add("nasbench201-genotype", nasbench201_genotype_network)

@@ -3,8 +3,11 @@
 metanas.py   MetaNAS: a relaxed cell space whose weights and architecture are
 meta-learned together (Reptile, first- or second-order MAML) and adapted
 to each task by first-order DARTS
+hmetanas.py  H-Meta-NAS: a weight-sharing supernet meta-trained with MAML, one
+sub-network per task; searched per device and budget
 """
 
+from metarch.nas.methods.hmetanas import HMetaNAS
 from metarch.nas.methods.metanas import AdaptedArchitecture, ArchitectureSchedule, MetaNAS
 
-__all__ = ["AdaptedArchitecture", "ArchitectureSchedule", "MetaNAS"]
+__all__ = ["AdaptedArchitecture", "ArchitectureSchedule", "HMetaNAS", "MetaNAS"]

@@ -153,6 +153,22 @@ class SearchSpace(ABC, Generic[A]):
         """Every architecture, in a fixed order (only for finite spaces)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be enumerated")
 
+    def mutate(self, architecture: A, rng: random.Random, rate: float) -> A:
+        """A neighbour: each of ``architecture``'s choices redrawn with probability ``rate``.
+
+        Raises:
+            NotImplementedError: For spaces without evolutionary operators.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be mutated")
+
+    def crossover(self, first: A, second: A, rng: random.Random) -> A:
+        """A child taking each part (a stage, an edge) from one parent or the other.
+
+        Raises:
+            NotImplementedError: For spaces without evolutionary operators.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no crossover")
+
     @abstractmethod
     def build(self, architecture: A, *, num_classes: int | None = None) -> nn.Module:
         """The discrete network: a backbone, or a classifier with ``num_classes`` outputs."""

@@ -178,6 +178,37 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         )
         return ElasticArchitecture(expansion, stages)
 
+    def mutate(  # noqa: D102
+        self, architecture: ElasticArchitecture, rng: random.Random, rate: float
+    ) -> ElasticArchitecture:
+        self._check(architecture)
+        expansion = rng.choice(EXPANSIONS) if rng.random() < rate else architecture.expansion
+        stages = []
+        for stage in architecture.stages:
+            layers = [
+                ElasticLayer(
+                    rng.choice(KERNELS) if rng.random() < rate else layer.kernel,
+                    rng.choice(RATIOS) if rng.random() < rate else layer.ratio,
+                )
+                for layer in stage
+            ]
+            if rng.random() < rate:  # one layer more or fewer
+                depth = min(self.max_depth, max(1, len(layers) + rng.choice((-1, 1))))
+                while len(layers) < depth:
+                    layers.append(ElasticLayer(rng.choice(KERNELS), rng.choice(RATIOS)))
+                layers = layers[:depth]
+            stages.append(tuple(layers))
+        return ElasticArchitecture(expansion, tuple(stages))
+
+    def crossover(  # noqa: D102
+        self, first: ElasticArchitecture, second: ElasticArchitecture, rng: random.Random
+    ) -> ElasticArchitecture:
+        stages = tuple(
+            a if rng.random() < 0.5 else b for a, b in zip(first.stages, second.stages, strict=True)
+        )
+        expansion = first.expansion if rng.random() < 0.5 else second.expansion
+        return ElasticArchitecture(expansion, stages)
+
     def largest(self) -> ElasticArchitecture:
         """The largest network: deepest, widest, largest kernels."""
         layer = ElasticLayer(max(KERNELS), max(RATIOS))

@@ -282,6 +282,19 @@ class NASBench201Space(SearchSpace[Architecture201]):
     def size(self) -> int:  # noqa: D102
         return int(len(OPERATIONS) ** len(EDGES))
 
+    def mutate(  # noqa: D102
+        self, architecture: Architecture201, rng: random.Random, rate: float
+    ) -> Architecture201:
+        self._check(architecture)
+        ops = tuple(rng.choice(OPERATIONS) if rng.random() < rate else op for op in architecture)
+        return ops  # type: ignore[return-value]
+
+    def crossover(  # noqa: D102
+        self, first: Architecture201, second: Architecture201, rng: random.Random
+    ) -> Architecture201:
+        ops = tuple(a if rng.random() < 0.5 else b for a, b in zip(first, second, strict=True))
+        return ops  # type: ignore[return-value]
+
     def relax(  # noqa: D102
         self, *, num_classes: int | None = None, skip_below: float = 0.0, **options: Any
     ) -> nn.Module:

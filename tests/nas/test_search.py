@@ -1,0 +1,102 @@
+"""Searches under budgets: never over budget, reproducible from a seed, fronts, bad budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from metarch.models.cost import count_parameters
+from metarch.nas.search import (
+    Candidate,
+    Constraint,
+    GeneticSampler,
+    RandomSampler,
+    Sampler,
+    SearchError,
+    SearchResult,
+    check_budgets,
+    pareto_front,
+    run_search,
+)
+from metarch.nas.spaces.elastic_conv import ElasticArchitecture, ElasticConvSpace
+
+SPACE = ElasticConvSpace(channels=8, max_depth=3, in_channels=1, image_size=28)
+_PARAMS: dict[str, float] = {}
+
+
+def parameters(architecture: ElasticArchitecture) -> float:
+    key = SPACE.encode(architecture)
+    if key not in _PARAMS:
+        _PARAMS[key] = float(count_parameters(SPACE.build(architecture)))
+    return _PARAMS[key]
+
+
+def depth_and_width(architecture: ElasticArchitecture) -> float:
+    """A stand-in for accuracy: deeper and wider is better, with a preference for 3x3."""
+    score = architecture.expansion
+    for stage in architecture.stages:
+        score += sum(layer.ratio + (0.2 if layer.kernel == 3 else 0.0) for layer in stage)
+    return score
+
+
+def search(
+    sampler_class: type[Sampler], seed: int, limit: float, evaluations: int = 60
+) -> SearchResult:
+    budget = [Constraint("parameters", parameters, limit)]
+    sampler = (
+        GeneticSampler(SPACE, budget, seed, population=8)
+        if sampler_class is GeneticSampler
+        else sampler_class(SPACE, budget, seed)
+    )
+    return run_search(sampler, depth_and_width, evaluations=evaluations)
+
+
+def test_nothing_over_budget_is_ever_evaluated_or_returned() -> None:
+    limit = parameters(SPACE.largest()) / 4
+    for sampler_class in (GeneticSampler, RandomSampler):
+        result = search(sampler_class, 0, limit)
+        assert len(result.candidates) == 60
+        assert all(c.costs["parameters"] <= limit for c in result.candidates)
+        assert result.best.costs["parameters"] <= limit
+        assert result.best.fitness == max(c.fitness for c in result.candidates)
+
+
+def test_evolution_beats_random_search_with_the_same_evaluations() -> None:
+    limit = parameters(SPACE.largest()) / 4
+    evolved = [search(GeneticSampler, seed, limit).best.fitness for seed in range(3)]
+    random_ = [search(RandomSampler, seed, limit).best.fitness for seed in range(3)]
+    assert sum(evolved) > sum(random_)
+
+
+def test_a_search_is_reproducible_from_its_seed() -> None:
+    limit = parameters(SPACE.largest()) / 3
+    first, again = search(GeneticSampler, 5, limit, 30), search(GeneticSampler, 5, limit, 30)
+    other = search(GeneticSampler, 6, limit, 30)
+    assert [c.text for c in first.candidates] == [c.text for c in again.candidates]
+    assert [c.text for c in first.candidates] != [c.text for c in other.candidates]
+
+
+def test_the_front_keeps_exactly_the_undominated() -> None:
+    def candidate(fitness: float, cost: float, index: int) -> Candidate:
+        return Candidate(None, str(index), fitness, {"latency_ms": cost}, index)
+
+    pool = [candidate(0.5, 1.0, 0), candidate(0.6, 2.0, 1), candidate(0.55, 2.5, 2)]
+    pool += [candidate(0.7, 3.0, 3), candidate(0.7, 3.5, 4)]
+    assert [c.text for c in pareto_front(pool)] == ["0", "1", "3"]
+
+
+def test_a_budget_no_network_meets_names_the_smallest_achievable() -> None:
+    smallest = parameters(SPACE.smallest())
+    with pytest.raises(SearchError, match=f"costs {smallest:g}; raise the budget"):
+        check_budgets(SPACE, [Constraint("parameters", parameters, smallest - 1)], SPACE.smallest())
+    check_budgets(SPACE, [Constraint("parameters", parameters, smallest)], SPACE.smallest())
+
+
+def test_spaces_mutate_and_cross_within_themselves() -> None:
+    import random
+
+    rng = random.Random(0)
+    a, b = SPACE.sample(rng), SPACE.sample(rng)
+    for _ in range(50):
+        child = SPACE.mutate(SPACE.crossover(a, b, rng), rng, 0.5)
+        assert SPACE.decode(SPACE.encode(child)) == child
+    assert SPACE.mutate(a, rng, 0.0) == a
