@@ -178,3 +178,14 @@ def write_lake_runs(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return target
+
+
+def write_small_omniglot(root: Path, drawings: int = 6) -> Path:
+    """A data root with a small synthetic Omniglot: background (2 alphabets) and evaluation.
+
+    Background: alphabets Alpha (4 characters) and Beta (3); evaluation: Gamma (4); every
+    character ``drawings`` drawings. Returns ``root``.
+    """
+    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=drawings)
+    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=drawings, first_id=100)
+    return root

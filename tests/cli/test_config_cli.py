@@ -10,7 +10,7 @@ import pytest
 from metarch.meta.base import META_LEARNERS
 from metarch.models.registry import MODELS
 from tests.clitools import run_cli
-from tests.fixtures import write_omniglot_set
+from tests.fixtures import write_small_omniglot
 
 
 def keys_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, dict[str, object]]:
@@ -74,10 +74,7 @@ def test_keys_of_one_method_and_model(
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
-    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=6, first_id=100)
-    return root
+    return write_small_omniglot(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from PIL import Image
 
 from metarch.nas.spaces.elastic_conv import ElasticConvSpace
 from tests.clitools import run_cli
-from tests.fixtures import write_omniglot_set
+from tests.fixtures import write_small_omniglot
 
 CONFIG = """\
 steps: 2
@@ -31,10 +31,7 @@ SPACE = ElasticConvSpace(channels=4, max_depth=2, in_channels=1, image_size=16)
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=4)
-    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=4, first_id=100)
-    return root
+    return write_small_omniglot(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

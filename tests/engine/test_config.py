@@ -156,12 +156,9 @@ def load_config_text(tmp_path: Path, text: str) -> object:
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.fixtures import write_omniglot_set
+    from tests.fixtures import write_small_omniglot
 
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
-    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=6, first_id=100)
-    return root
+    return write_small_omniglot(tmp_path_factory.mktemp("data"))
 
 
 @pytest.mark.parametrize("method", ["maml", "reptile"])

@@ -17,7 +17,7 @@ from metarch.engine.checkpoint import load_checkpoint
 from metarch.engine.config import load_config
 from metarch.engine.trainer import Trainer, TrainingError
 from metarch.errors import ConfigError, DataError
-from tests.fixtures import write_omniglot_set
+from tests.fixtures import write_omniglot_set, write_small_omniglot
 
 BASE = {
     "seed": 1,
@@ -43,10 +43,7 @@ SUPERNET = {"model": {"name": "elastic-conv-supernet", "options": {"channels": 4
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_omniglot_set(root, "images_background", {"Alpha": 4, "Beta": 3}, drawings=6)
-    write_omniglot_set(root, "images_evaluation", {"Gamma": 4}, drawings=6, first_id=100)
-    return root
+    return write_small_omniglot(tmp_path_factory.mktemp("data"))
 
 
 def write_config(path: Path, method: str, **changes: object) -> Path:

@@ -199,6 +199,9 @@ def test_the_layer_table_calibrates_a_uniformly_slower_runtime_with_a_line(
     model.fit(architectures[:5], truth[:5])
     assert (model.scale, model.offset_ms) == pytest.approx((1.5, 0.2))
     assert [model.predict(a) for a in architectures] == pytest.approx(truth)
+    # A network far smaller than the measured ones is not predicted to take no time.
+    model.fit(architectures[:5], [total - min(sums[:5]) + 1e-3 for total in sums[:5]])
+    assert min(model.predict(a) for a in architectures) > 0
     # A constant alone is kept where it predicts the left-out networks better.
     model.fit(architectures[:5], [total + 0.3 for total in sums[:5]])
     assert (model.scale, model.offset_ms) == pytest.approx((1.0, 0.3))

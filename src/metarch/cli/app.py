@@ -32,8 +32,9 @@ from metarch.utils.io import describe_os_error, describe_unicode_error
 __all__ = ["app", "main"]
 
 DESCRIPTION = (
-    "Few-shot episodic data, meta-learners, a meta-training engine and MetaNAS: "
-    "architectures meta-learned with their weights and adapted to each task."
+    "Few-shot episodic data, meta-learners, a meta-training engine, MetaNAS (architectures "
+    "meta-learned with their weights and adapted to each task) and H-Meta-NAS (a "
+    "meta-learned supernet searched per device and latency budget)."
 )
 
 app = typer.Typer(

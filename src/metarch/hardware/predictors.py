@@ -90,6 +90,10 @@ class LayerTableModel(LatencyModel):
         self.table = table
         self.scale = 1.0
         self.offset_ms = 0.0
+        #: ``(layer sum, measured ms)`` of the smallest calibration network: a network
+        #: smaller still is predicted at least in proportion to it, so a negative
+        #: constant never makes a small network's latency vanish.
+        self.smallest: tuple[float, float] | None = None
 
     def layer_sum(self, architecture: Any) -> float:
         """The sum of the network's layer latencies, uncalibrated."""
@@ -101,8 +105,10 @@ class LayerTableModel(LatencyModel):
         sums = np.array([self.layer_sum(a) for a in architectures], dtype=float)
         measured = np.array(latencies_ms, dtype=float)
         if len(sums) == 0:
-            self.scale, self.offset_ms = 1.0, 0.0
+            self.scale, self.offset_ms, self.smallest = 1.0, 0.0, None
             return
+        index = int(np.argmin(sums))
+        self.smallest = (float(sums[index]), float(measured[index]))
         fits = [_offset_fit]
         if len(sums) >= 3 and np.ptp(sums) > 0:
             fits.append(_line_fit)
@@ -110,7 +116,11 @@ class LayerTableModel(LatencyModel):
         self.scale, self.offset_ms = best(sums, measured)
 
     def predict(self, architecture: Any) -> float:  # noqa: D102
-        return self.scale * self.layer_sum(architecture) + self.offset_ms
+        total = self.layer_sum(architecture)
+        predicted = self.scale * total + self.offset_ms
+        if self.smallest is not None and 0 < total < self.smallest[0]:
+            predicted = max(predicted, self.smallest[1] * total / self.smallest[0])
+        return predicted
 
 
 Calibration = Callable[[np.ndarray, np.ndarray], tuple[float, float]]

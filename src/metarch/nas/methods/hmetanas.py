@@ -84,8 +84,9 @@ class HMetaNAS(MetaLearner):
         seed: Seed of the random sub-networks.
         batching: The MAML learner's task batching.
         task_threads: Task-batched: shards of tasks run by threads of their own.
-        architecture: The sub-network :meth:`adapt` uses (its canonical string; default:
-            the largest). Searches set it per device and budget.
+        eval_architecture: The sub-network :meth:`adapt` uses (its canonical string;
+            default: the largest). Searches set it per device and budget; evaluation takes
+            it as a test-time setting (``--set method.options.eval_architecture=...``).
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class HMetaNAS(MetaLearner):
         seed: int = 0,
         batching: Literal["auto", "loop", "batched"] = "auto",
         task_threads: PositiveInt | None = 1,
-        architecture: str | None = None,
+        eval_architecture: str | None = None,
     ) -> None:
         super().__init__()
         supernets = [m for m in model.modules() if isinstance(m, ElasticConvSupernet)]
@@ -128,7 +129,9 @@ class HMetaNAS(MetaLearner):
         self.task_threads = task_threads
         self._supernet = (supernets[0],)  # part of the model already: not a second child
         self.architecture = (
-            self.space.largest() if architecture is None else self.space.decode(architecture)
+            self.space.largest()
+            if eval_architecture is None
+            else self.space.decode(eval_architecture)
         )
         # Meta-iterations done: draws the sub-networks; saved with the run.
         self.register_buffer("meta_iterations", torch.zeros((), dtype=torch.int64))
