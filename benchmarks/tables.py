@@ -725,6 +725,76 @@ def hardware_layers_table(report: Table) -> list[str]:
     return lines
 
 
+# -- H-Meta-NAS --------------------------------------------------------------------------
+
+HMETANAS_FIGURE = "benchmarks/results/hmetanas_fronts.png"
+
+
+def hmetanas_table(report: Table, omniglot: Table) -> list[str]:
+    """Sub-networks chosen per device and budget, tested, against the manual baseline."""
+    baseline_config = report["baseline"]["config"]
+    baseline = next(
+        (r for r in omniglot["rows"] if r["config"] == baseline_config and "note" not in r
+         and r["task"] == "20-way 1-shot"),
+        None,
+    )  # fmt: skip
+    base_text = (
+        f"{baseline['accuracy']:.2f} ± {baseline['ci95']:.2f} %" if baseline else "not measured"
+    )
+    references = report["references"]
+    lines = [
+        f"H-Meta-NAS run `{report['run']}` ({report['steps']} meta-training steps), tested on "
+        f"`{report['test_pool']}` (held-out classes), {report['episodes']} episodes, mean "
+        f"accuracy ± 95% CI. Search: {report['search']['evaluations']} sub-networks evaluated "
+        f"on {report['search']['tasks']} validation tasks each (validation classes only), "
+        f"seed {report['search']['seed']}. Manual baseline: `{baseline_config}` "
+        f"({report['baseline']['model']}, the same meta-learner), {base_text}. Reference "
+        f"sub-networks: largest {references['largest']['accuracy']:.2f} ± "
+        f"{references['largest']['ci95']:.2f} %, smallest "
+        f"{references['smallest']['accuracy']:.2f} ± {references['smallest']['ci95']:.2f} %.",
+        "",
+        "| device | budget (x baseline) | search | sub-network | validation | test | "
+        "predicted ms | measured ms | search s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for device, result in report["devices"].items():
+        refs = result["references_ms"]
+        lines.append(
+            f"| {device} | baseline {result['baseline_ms']:.3f} ms; largest "
+            f"{refs['largest']:.3f}, smallest {refs['smallest']:.3f} ms | | | | | | | |"
+        )
+        for row in result["rows"]:
+            budget = f"{row['fraction']:g} ({row['budget_ms']:.3f} ms)"
+            if "unreachable" in row:
+                lines.append(
+                    f"| | {budget} | {row['sampler']} | unreachable: smallest sub-network "
+                    "slower | | | | | |"
+                )
+                continue
+            better = baseline is not None and row["accuracy"] - row["ci95"] > baseline["accuracy"]
+            tested = bold(f"{row['accuracy']:.2f} ± {row['ci95']:.2f} %", better)
+            architecture = row["architecture"].replace("|", "\\|")  # not a column break
+            lines.append(
+                f"| | {budget} | {row['sampler']} | `{architecture}` | "
+                f"{row['validation_accuracy']:.1f} % | "
+                f"{tested} | "
+                f"{row['predicted_ms']:.3f} | {row['measured_ms']:.3f} | "
+                f"{row['search_seconds']:.0f} |"
+            )
+    machine = report.get("machine", {})
+    lines += [
+        "",
+        f"![accuracy against measured latency]({HMETANAS_FIGURE})",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.",
+        "",
+        "```bash",
+        report["command"],
+        "```",
+    ]
+    return lines
+
+
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     "episodes": (("episodes.json",), episodes_table),
     "meta-step-full": (("meta_step.json",), meta_step_full),

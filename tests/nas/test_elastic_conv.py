@@ -55,22 +55,37 @@ def test_the_largest_network_is_conv4_deepened() -> None:
     }
 
 
-def test_the_layers_of_a_network_add_up_to_it() -> None:
-    for architecture in [*distinct_samples(SPACE, 6, seed=2), SPACE.largest(), SPACE.smallest()]:
-        network = SPACE.build(architecture, num_classes=5)
-        layers = SPACE.layers(architecture, num_classes=5)
+STRIDED = ElasticConvSpace(
+    channels=8, max_depth=2, in_channels=1, image_size=28, downsample="stride"
+)
+
+
+@pytest.mark.parametrize("space", [SPACE, STRIDED], ids=["maxpool", "stride"])
+def test_the_layers_of_a_network_add_up_to_it(space: ElasticConvSpace) -> None:
+    for architecture in [*distinct_samples(space, 6, seed=2), space.largest(), space.smallest()]:
+        network = space.build(architecture, num_classes=5)
+        layers = space.layers(architecture, num_classes=5)
         assert sum(count_parameters(layer.build()) for layer in layers) == count_parameters(network)
         assert sum(flops_per_image(layer.build(), layer.input_shape) for layer in layers) == (
-            flops_per_image(network, SPACE.input_shape)
+            flops_per_image(network, space.input_shape)
         )
         assert len(layers) == sum(len(stage) for stage in architecture.stages) + 1
 
 
-def test_the_catalogue_holds_every_layer_once() -> None:
-    catalogue = [layer.key for layer in SPACE.layer_catalogue(num_classes=5)]
+@pytest.mark.parametrize("space", [SPACE, STRIDED], ids=["maxpool", "stride"])
+def test_the_catalogue_holds_every_layer_once(space: ElasticConvSpace) -> None:
+    catalogue = [layer.key for layer in space.layer_catalogue(num_classes=5)]
     assert len(catalogue) == len(set(catalogue))
-    for architecture in distinct_samples(SPACE, 40, seed=3):
-        assert {layer.key for layer in SPACE.layers(architecture, num_classes=5)} <= set(catalogue)
+    for architecture in distinct_samples(space, 40, seed=3):
+        assert {layer.key for layer in space.layers(architecture, num_classes=5)} <= set(catalogue)
+
+
+def test_strided_networks_halve_the_image_in_each_stage_and_cost_less() -> None:
+    # 28 -> 14 -> 7 -> 4 -> 2, as MAML's strided Omniglot network.
+    assert STRIDED.build(STRIDED.largest()).out_features == 16 * 2 * 2
+    architecture = SPACE.sample(random.Random(5))
+    strided = flops_per_image(STRIDED.build(architecture), STRIDED.input_shape)
+    assert strided < flops_per_image(SPACE.build(architecture), SPACE.input_shape) / 2
 
 
 def test_too_small_images_are_refused() -> None:

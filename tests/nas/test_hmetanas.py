@@ -11,6 +11,7 @@ import torch
 from metarch.meta import MAML
 from metarch.models import FewShotClassifier
 from metarch.nas.methods.hmetanas import HMetaNAS, select_tasks
+from metarch.nas.spaces.elastic_conv import Downsample
 from metarch.nas.spaces.elastic_conv_supernet import (
     ElasticConvSupernet,
     SubnetLinear,
@@ -29,9 +30,12 @@ def supernet_model(ways: int = 3) -> FewShotClassifier:
     return FewShotClassifier(supernet, ways, (1, SIZE, SIZE)).double()
 
 
-def test_a_subnetwork_computes_what_the_supernet_computes_as_it() -> None:
+@pytest.mark.parametrize("downsample", ["maxpool", "stride"])
+def test_a_subnetwork_computes_what_the_supernet_computes_as_it(downsample: Downsample) -> None:
     torch.manual_seed(0)
-    supernet = ElasticConvSupernet(channels=8, max_depth=3, in_channels=1, image_size=28)
+    supernet = ElasticConvSupernet(
+        channels=8, max_depth=3, in_channels=1, image_size=28, downsample=downsample
+    )
     model = supernet_classifier(supernet, 5)
     x = torch.rand(6, 1, 28, 28)
     space = supernet.space

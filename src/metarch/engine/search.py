@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,10 +159,11 @@ def device_latency(
         loaded = profile_layers(space, local, path, how=how, on_layer=on_layer)
     model = LayerTableModel(space, table=loaded)
     if calibration:
-        import random
-
+        # The extremes and random networks between: the calibration spans the space, so a
+        # budget near the smallest network is judged by a fit that has seen it.
         rng = random.Random(seed)
-        networks = [space.sample(rng) for _ in range(calibration)]
+        extremes = [getattr(space, end)() for end in ("smallest", "largest") if hasattr(space, end)]
+        networks = extremes + [space.sample(rng) for _ in range(max(0, calibration - 2))]
         timings = local.measure_many([(space.build(a), space.input_shape) for a in networks], how)
         model.fit(networks, [t.median_ms for t in timings])
     return DeviceLatency(device, model, local, display_path(path))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from metarch.models.registry import MODELS
-from metarch.nas.spaces.elastic_conv import ElasticConvNetwork, ElasticConvSpace
+from metarch.nas.spaces.elastic_conv import Downsample, ElasticConvSpace
 from metarch.nas.spaces.elastic_conv_supernet import ElasticConvSupernet
 from metarch.nas.spaces.metanas import MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
@@ -78,6 +78,7 @@ def elastic_conv_network(
     max_depth: PositiveInt = 3,
     in_channels: PositiveInt = 3,
     image_size: PositiveInt = 32,
+    downsample: Downsample = "maxpool",
 ) -> nn.Module:
     """The network of one elastic-conv architecture (its canonical string).
 
@@ -87,16 +88,16 @@ def elastic_conv_network(
         max_depth: Most layers per stage.
         in_channels: Image channels (set from the data).
         image_size: Image side (set from the data).
+        downsample: ``maxpool`` or ``stride`` (halving each stage).
     """
     space = ElasticConvSpace(
-        channels=channels, max_depth=max_depth, in_channels=in_channels, image_size=image_size
-    )
-    return ElasticConvNetwork(
-        space.decode(architecture),
         channels=channels,
+        max_depth=max_depth,
         in_channels=in_channels,
         image_size=image_size,
+        downsample=downsample,
     )
+    return space.build(space.decode(architecture))
 
 
 MODELS.add("metanas-search", MetaNASSearchNetwork)

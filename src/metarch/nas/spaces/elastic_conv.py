@@ -2,8 +2,10 @@
 
 Our design, in the spirit of H-Meta-NAS (Zhao et al., NeurIPS 2022: "Global Expansion"
 and an "Adaptive Number of Layers") and once-for-all (elastic kernel, width and depth
-sharing one set of weights). A network is Conv-4's four stages, each ending in 2x2 max
-pooling; a stage holds 1 to ``max_depth`` layers of convolution, batch norm and ReLU,
+sharing one set of weights). A network is Conv-4's four stages, each halving the image
+(``downsample``: 2x2 max pooling after its last layer, as Conv-4 on mini-ImageNet, or
+stride 2 in its first layer, as MAML's Omniglot network, four times cheaper); a stage
+holds 1 to ``max_depth`` layers of convolution, batch norm and ReLU,
 each with its own kernel (3 or 5) and width ratio (0.5, 0.75 or 1 of the stage's width),
 and one global expansion (1, 1.5 or 2) scales every width::
 
@@ -26,6 +28,7 @@ import functools
 import random
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -49,7 +52,7 @@ KERNELS: tuple[int, ...] = (3, 5)
 RATIOS: tuple[float, ...] = (0.5, 0.75, 1.0)
 #: Global expansions of every width.
 EXPANSIONS: tuple[float, ...] = (1.0, 1.5, 2.0)
-#: Stages (each ends in 2x2 max pooling).
+#: Stages (each halves the image).
 STAGES = 4
 
 
@@ -73,6 +76,43 @@ class ElasticArchitecture:
         return max(1, round(channels * self.expansion * layer.ratio))
 
 
+Downsample = Literal["maxpool", "stride"]
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer of a network as it runs: input shape, filters, kernel, stride, pooling."""
+
+    input_shape: tuple[int, int, int]
+    out: int
+    kernel: int
+    stride: int
+    pool: bool
+
+
+def plan_layers(
+    architecture: ElasticArchitecture,
+    *,
+    channels: int,
+    in_channels: int,
+    image_size: int,
+    downsample: Downsample,
+) -> tuple[list[PlannedLayer], tuple[int, int, int]]:
+    """Every layer ``architecture``'s network runs, and the shape of its last map."""
+    planned = []
+    width, side = in_channels, image_size
+    for stage in architecture.stages:
+        for index, layer in enumerate(stage):
+            out = architecture.width(channels, layer)
+            stride = 2 if downsample == "stride" and index == 0 else 1
+            pool = downsample == "maxpool" and index == len(stage) - 1
+            planned.append(PlannedLayer((width, side, side), out, layer.kernel, stride, pool))
+            width = out
+            side = (side + 1) // 2 if stride == 2 else side
+            side = side // 2 if pool else side
+    return planned, (width, side, side)
+
+
 def _number(value: float) -> str:
     """``1.0`` -> ``1``, ``0.75`` -> ``0.75``: the shortest exact spelling."""
     return f"{value:g}"
@@ -81,9 +121,11 @@ def _number(value: float) -> str:
 class ConvBNReLU(nn.Sequential):
     """Convolution (same padding, with bias), batch norm, ReLU and optional 2x2 max pool."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, pool: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, pool: bool, stride: int = 1
+    ) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2),
+            nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2),
             MetaBatchNorm2d(out_channels),
             nn.ReLU(),
         ]
@@ -100,6 +142,7 @@ class ElasticConvNetwork(nn.Module):
         channels: The space's base width.
         in_channels: Image channels.
         image_size: Side of the square images (sets the number of features).
+        downsample: ``maxpool`` or ``stride`` (see the module docstring).
     """
 
     def __init__(
@@ -109,17 +152,19 @@ class ElasticConvNetwork(nn.Module):
         channels: int,
         in_channels: int,
         image_size: int,
+        downsample: Downsample = "maxpool",
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width, side = in_channels, image_size
-        for stage in architecture.stages:
-            for index, layer in enumerate(stage):
-                out = architecture.width(channels, layer)
-                layers.append(ConvBNReLU(width, out, layer.kernel, index == len(stage) - 1))
-                width = out
-            side //= 2
-        self.layers = nn.Sequential(*layers)
+        planned, (width, side, _) = plan_layers(
+            architecture,
+            channels=channels,
+            in_channels=in_channels,
+            image_size=image_size,
+            downsample=downsample,
+        )
+        self.layers = nn.Sequential(
+            *(ConvBNReLU(p.input_shape[0], p.out, p.kernel, p.pool, p.stride) for p in planned)
+        )
         self.flatten = nn.Flatten()
         self.out_features = width * side * side
 
@@ -140,7 +185,9 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         channels: Base width of every stage (the largest network has ``2 x channels``).
         max_depth: Most layers per stage (each stage has 1 to ``max_depth``).
         in_channels: Image channels.
-        image_size: Side of the square images (at least 16: four poolings).
+        image_size: Side of the square images (at least 16: four halvings).
+        downsample: ``maxpool`` (after each stage's last layer) or ``stride`` (2 in each
+            stage's first layer).
     """
 
     def __init__(
@@ -150,6 +197,7 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         max_depth: PositiveInt = 3,
         in_channels: PositiveInt = 3,
         image_size: PositiveInt = 32,
+        downsample: Downsample = "maxpool",
     ) -> None:
         if image_size < 2**STAGES:
             raise ArchitectureError(
@@ -160,6 +208,7 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         self.max_depth = max_depth
         self.in_channels = in_channels
         self.image_size = image_size
+        self.downsample: Downsample = downsample
 
     @property
     def input_shape(self) -> tuple[int, int, int]:  # noqa: D102
@@ -293,6 +342,7 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
             channels=self.channels,
             in_channels=self.in_channels,
             image_size=self.image_size,
+            downsample=self.downsample,
         )
         return self.with_head(backbone, num_classes)
 
@@ -300,35 +350,45 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         self, architecture: ElasticArchitecture, *, num_classes: int | None = None
     ) -> list[Layer]:
         self._check(architecture)
-        layers: list[Layer] = []
-        width, side = self.in_channels, self.image_size
-        for stage in architecture.stages:
-            for index, choice in enumerate(stage):
-                out = architecture.width(self.channels, choice)
-                pool = index == len(stage) - 1
-                layers.append(self._conv((width, side, side), out, choice.kernel, pool))
-                width = out
-            side //= 2
+        planned, last = self.plan(architecture)
+        layers = [self._conv(p.input_shape, p.out, p.kernel, p.pool, p.stride) for p in planned]
         if num_classes is not None:
-            layers.append(self._head((width, side, side), num_classes))
+            layers.append(self._head(last, num_classes))
         return layers
 
+    def plan(
+        self, architecture: ElasticArchitecture
+    ) -> tuple[list[PlannedLayer], tuple[int, int, int]]:
+        """The layers ``architecture``'s network runs, and its last map's shape."""
+        return plan_layers(
+            architecture,
+            channels=self.channels,
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            downsample=self.downsample,
+        )
+
     def layer_catalogue(self, *, num_classes: int | None = None) -> list[Layer]:  # noqa: D102
+        strided = self.downsample == "stride"
         distinct: dict[str, Layer] = {}
         for expansion in EXPANSIONS:
             widths = sorted({max(1, round(self.channels * expansion * r)) for r in RATIOS})
             side = self.image_size
             inputs = [self.in_channels]
             for _ in range(STAGES):
-                # A stage's first layer takes the previous stage's width, later ones its own.
-                for width in sorted({*inputs, *widths}):
+                # A stage's first layer takes the previous stage's width (and, strided,
+                # halves the image); later ones take its own width.
+                firsts = [(w, side, 2 if strided else 1) for w in inputs]
+                side = (side + 1) // 2 if strided else side
+                later = [(w, side, 1) for w in widths]
+                for width, at, stride in firsts + later:
                     for out in widths:
                         for kernel in KERNELS:
-                            for pool in (False, True):
-                                layer = self._conv((width, side, side), out, kernel, pool)
+                            for pool in (False,) if strided else (False, True):
+                                layer = self._conv((width, at, at), out, kernel, pool, stride)
                                 distinct.setdefault(layer.key, layer)
                 inputs = widths
-                side //= 2
+                side = side if strided else side // 2
             if num_classes is not None:
                 for width in widths:
                     layer = self._head((width, side, side), num_classes)
@@ -336,12 +396,14 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
         return list(distinct.values())
 
     @staticmethod
-    def _conv(shape: tuple[int, int, int], out: int, kernel: int, pool: bool) -> Layer:
+    def _conv(
+        shape: tuple[int, int, int], out: int, kernel: int, pool: bool, stride: int = 1
+    ) -> Layer:
         name = "conv_bn_relu_maxpool" if pool else "conv_bn_relu"
         return Layer(
-            Layer.make_key(name, shape, out, kernel, 1),
+            Layer.make_key(name, shape, out, kernel, stride),
             shape,
-            functools.partial(ConvBNReLU, shape[0], out, kernel, pool),
+            functools.partial(ConvBNReLU, shape[0], out, kernel, pool, stride),
         )
 
     @staticmethod

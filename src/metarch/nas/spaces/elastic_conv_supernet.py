@@ -41,9 +41,12 @@ from metarch.nas.spaces.elastic_conv import (
     KERNELS,
     RATIOS,
     STAGES,
+    Downsample,
     ElasticArchitecture,
     ElasticConvSpace,
+    PlannedLayer,
 )
+from metarch.registry import PositiveInt
 
 __all__ = [
     "ElasticConv2d",
@@ -82,10 +85,11 @@ class ElasticConv2d(nn.Module):
         window = slice(start, start + kernel)
         return (slice(0, out_channels), slice(0, in_channels), window, window)
 
-    def forward(self, x: Tensor, out_channels: int, kernel: int) -> Tensor:
+    def forward(self, x: Tensor, out_channels: int, kernel: int, stride: int = 1) -> Tensor:
         """Convolve ``x`` with ``out_channels`` filters of ``kernel x kernel`` (same padding)."""
         index = self.weight_index(x.shape[1], out_channels, kernel, self.weight.shape[-1])
-        return F.conv2d(x, self.weight[index], self.bias[:out_channels], padding=kernel // 2)
+        weight, bias = self.weight[index], self.bias[:out_channels]
+        return F.conv2d(x, weight, bias, stride, padding=kernel // 2)
 
 
 class ElasticConvSupernet(nn.Module):
@@ -96,14 +100,25 @@ class ElasticConvSupernet(nn.Module):
         max_depth: Layer slots per stage.
         in_channels: Image channels.
         image_size: Side of the square images.
+        downsample: ``maxpool`` or ``stride`` (see :mod:`~metarch.nas.spaces.elastic_conv`).
     """
 
     def __init__(
-        self, *, channels: int = 32, max_depth: int = 3, in_channels: int = 3, image_size: int = 32
+        self,
+        *,
+        channels: PositiveInt = 32,
+        max_depth: PositiveInt = 3,
+        in_channels: PositiveInt = 3,
+        image_size: PositiveInt = 32,
+        downsample: Downsample = "maxpool",
     ) -> None:
         super().__init__()
         self.space = ElasticConvSpace(
-            channels=channels, max_depth=max_depth, in_channels=in_channels, image_size=image_size
+            channels=channels,
+            max_depth=max_depth,
+            in_channels=in_channels,
+            image_size=image_size,
+            downsample=downsample,
         )
         self.widest = max(1, round(channels * max(EXPANSIONS) * max(RATIOS)))
         self.kernel = max(KERNELS)
@@ -114,22 +129,24 @@ class ElasticConvSupernet(nn.Module):
             self.convs.append(ElasticConv2d(inputs, self.widest, self.kernel))
             self.norms.append(MetaBatchNorm2d(self.widest))
         self.max_depth = max_depth
-        self.out_features = self.widest * (image_size // 2**STAGES) ** 2
+        _, (_, side, _) = self.space.plan(self.space.largest())
+        self.out_features = self.widest * side * side
 
-    def slots(self, architecture: ElasticArchitecture) -> Iterator[tuple[int, int, int, bool]]:
-        """``(slot, width, kernel, pools after)`` of every layer ``architecture`` runs."""
-        for stage, layers in enumerate(architecture.stages):
-            for index, layer in enumerate(layers):
-                slot = stage * self.max_depth + index
-                width = architecture.width(self.space.channels, layer)
-                yield slot, width, layer.kernel, index == len(layers) - 1
+    def slots(self, architecture: ElasticArchitecture) -> Iterator[tuple[int, PlannedLayer]]:
+        """``(slot, layer)`` of every layer ``architecture`` runs."""
+        planned, _ = self.space.plan(architecture)
+        layers = iter(planned)
+        for stage, choices in enumerate(architecture.stages):
+            for index in range(len(choices)):
+                yield stage * self.max_depth + index, next(layers)
 
     def forward(self, x: Tensor) -> Tensor:
         """Features of the sub-network the forward context names (the largest if none)."""
         architecture = current_architecture() or self.space.largest()
-        for slot, width, kernel, pool in self.slots(architecture):
-            x = F.relu(self.norms[slot](self.convs[slot](x, width, kernel)))
-            if pool:
+        for slot, layer in self.slots(architecture):
+            x = self.convs[slot](x, layer.out, layer.kernel, layer.stride)
+            x = F.relu(self.norms[slot](x))
+            if layer.pool:
                 x = F.max_pool2d(x, 2)
         return torch.flatten(x, 1)
 
@@ -189,17 +206,19 @@ def subnet_slices(
     backbone = "backbone." if prefix else ""
     slices: dict[str, tuple[str, Index]] = {}
     every = (slice(None),)
-    inputs = supernet.space.in_channels
-    for layer, (slot, width, kernel, _) in enumerate(supernet.slots(architecture)):
-        conv, norm = f"{backbone}layers.{layer}.0", f"{backbone}layers.{layer}.1"
-        index = ElasticConv2d.weight_index(inputs, width, kernel, supernet.kernel)
+    for position, (slot, layer) in enumerate(supernet.slots(architecture)):
+        conv, norm = f"{backbone}layers.{position}.0", f"{backbone}layers.{position}.1"
+        width = layer.out
+        index = ElasticConv2d.weight_index(
+            layer.input_shape[0], width, layer.kernel, supernet.kernel
+        )
         slices[f"{conv}.weight"] = (f"{prefix}convs.{slot}.weight", index)
         slices[f"{conv}.bias"] = (f"{prefix}convs.{slot}.bias", (slice(0, width),))
         for name in ("weight", "bias", "running_mean", "running_var"):
             slices[f"{norm}.{name}"] = (f"{prefix}norms.{slot}.{name}", (*every, slice(0, width)))
-        inputs = width
     if prefix:
-        features = inputs * (supernet.space.image_size // 2**STAGES) ** 2
+        _, (width, side, _) = supernet.space.plan(architecture)
+        features = width * side * side
         slices["head.weight"] = ("head.weight", (*every, slice(0, features)))
         slices["head.bias"] = ("head.bias", every)
     return slices
