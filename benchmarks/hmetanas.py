@@ -1,18 +1,25 @@
 """H-Meta-NAS: sub-networks of a trained supernet per device and latency budget, on test classes.
 
-For a trained H-Meta-NAS run and each local device: the manual baseline network (Conv-4 of
-the same meta-learner's config) is measured on the device; for each budget (a fraction of
+For a trained H-Meta-NAS run and each local device: the manual baseline network (the Conv-4
+of the same meta-learner's config) is measured on the device; for each budget (a fraction of
 the baseline's latency) the supernet is searched (fitness: accuracy after adaptation on
-validation tasks of the run's validation classes) and the chosen sub-network is tested on
-held-out classes (95% CI) and measured on the device next to its predicted latency. With
-``--random``, random search with the same number of evaluations at each budget, side by
-side. The largest and smallest sub-networks are tested too, as reference points.
+validation tasks of the run's validation classes, never test classes) and the chosen
+sub-network is tested on held-out classes (95% CI, the same seeded episodes as the published
+baselines) and measured on the device next to its predicted latency. With ``--random``,
+random search with the same number of evaluations at each budget, side by side. The largest
+and smallest sub-networks are tested too, as reference points. ``--ablation`` searches the
+first device's middle budget with several population sizes and evaluation counts (the pool
+size and the number of generations).
 
 Usage::
 
-    python benchmarks/hmetanas.py --run RUN --data-root ../shared/data
-        [--devices torch-cpu onnxruntime-cpu] [--budgets 0.4 0.7 1.0] [--episodes 600]
-        [--evaluations 32] [--tasks 10] [--random] [--publish | --out FILE]
+    python benchmarks/hmetanas.py --run RUN --task omniglot-20w1s --data-root ../shared/data
+        [--devices torch-cpu onnxruntime-cpu openvino-cpu] [--budgets 0.4 0.7 1.0]
+        [--episodes 600] [--evaluations 32] [--tasks 10] [--random] [--ablation]
+        [--publish | --out FILE]
+
+``--publish`` writes ``benchmarks/results/hmetanas-TASK.json`` and its figure
+``hmetanas-TASK_fronts.png``; ``benchmarks/tables.py`` renders the section ``hmetanas-TASK``.
 """
 
 from __future__ import annotations
@@ -20,77 +27,142 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import add_output_arguments, command_line, machine, output_path, write_json
+from report import (
+    add_output_arguments,
+    command_line,
+    figure_axes,
+    machine,
+    output_path,
+    repo_relative,
+    save_figure,
+    write_json,
+)
 
-#: The manual baselines of the natural-images issue, by the task H-Meta-NAS runs train:
-#: the Conv-4 network and meta-learner they were trained with.
-BASELINES = {
-    "omniglot-20w1s": {"config": "omniglot-fomaml-20w1s", "model": "conv4-strided"},
-}
+
+@dataclass(frozen=True)
+class BaselineTask:
+    """A task H-Meta-NAS runs are benchmarked on, and its manual baseline.
+
+    Attributes:
+        config: The baseline's config (the same meta-learner as the H-Meta-NAS run).
+        model: The baseline's backbone and its options (for its latency on each device).
+        results: The published JSON holding the baseline's test accuracy.
+        label: The baseline's row in ``results`` (its ``task`` field).
+        test_pool: Held-out classes, as the baseline was tested on.
+        queries: Query images per class of a test episode, as the baseline's.
+    """
+
+    config: str
+    model: str
+    results: str
+    label: str
+    test_pool: str
+    queries: int
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-def baseline_network(name: str, ways: int, shape: tuple[int, int, int]) -> torch.nn.Module:
+#: The manual baselines of the natural-images issue, by the task H-Meta-NAS runs train.
+TASKS = {
+    "omniglot-20w1s": BaselineTask(
+        "omniglot-fomaml-20w1s", "conv4-strided", "omniglot.json", "20-way 1-shot",
+        "background:test", 5,
+    ),
+    "tiny-5w1s": BaselineTask(
+        "tiny-imagenet-fs-fomaml-conv4-5w1s", "conv4", "tiny_imagenet_fs.json", "5-way 1-shot",
+        "tiny_imagenet_fs_background:test", 15, {"hidden": 32},
+    ),
+    "tiny-5w5s": BaselineTask(
+        "tiny-imagenet-fs-fomaml-conv4-5w5s", "conv4", "tiny_imagenet_fs.json", "5-way 5-shot",
+        "tiny_imagenet_fs_background:test", 15, {"hidden": 32},
+    ),
+}  # fmt: skip
+
+
+def baseline_network(task: BaselineTask, ways: int, shape: tuple[int, int, int]) -> torch.nn.Module:
     from metarch.models import FewShotClassifier, create_model
 
-    backbone = create_model(BASELINES[name]["model"], in_channels=shape[0])
+    backbone = create_model(task.model, in_channels=shape[0], **task.options)
     return FewShotClassifier(backbone, ways, shape)
 
 
-def test_accuracy(trained: Any, architecture: Any, args: argparse.Namespace) -> dict[str, float]:
-    from metarch.engine.evaluate import evaluate_episodes
+class Tester:
+    """Test accuracy of sub-networks on the task's held-out classes, once per architecture."""
 
-    learner = trained.learner
-    learner.use_architecture(architecture)
-    episodes = trained.config.episodes
-    result = evaluate_episodes(
-        learner,
-        args.test_pool,
-        Path(args.data_root),
-        image_size=trained.config.data.image_size,
-        ways=episodes.ways,
-        shots=episodes.shots,
-        queries=5 if episodes.ways > 5 else 15,
-        episodes=args.episodes,
-        seed=0,
-        inputs=trained.inputs,
-    )
-    return {"accuracy": result.accuracy, "ci95": result.ci95, "episodes": result.episodes}
+    def __init__(self, trained: Any, task: BaselineTask, args: argparse.Namespace) -> None:
+        self.trained = trained
+        self.task = task
+        self.args = args
+        self.results: dict[str, dict[str, float]] = {}
+
+    def __call__(self, architecture: Any) -> dict[str, float]:
+        from metarch.engine.evaluate import evaluate_episodes
+
+        learner = self.trained.learner
+        key = learner.space.encode(architecture)
+        if key not in self.results:
+            learner.use_architecture(architecture)
+            episodes = self.trained.config.episodes
+            started = time.perf_counter()
+            result = evaluate_episodes(
+                learner,
+                self.task.test_pool,
+                Path(self.args.data_root),
+                image_size=self.trained.config.data.image_size,
+                ways=episodes.ways,
+                shots=episodes.shots,
+                queries=self.task.queries,
+                episodes=self.args.episodes,
+                seed=0,
+                inputs=self.trained.inputs,
+            )
+            self.results[key] = {
+                "accuracy": result.accuracy,
+                "ci95": result.ci95,
+                "episodes": result.episodes,
+                "adapt_seconds_per_task": (time.perf_counter() - started) / result.episodes,
+            }
+        return self.results[key]
 
 
 def main() -> None:
     from metarch.engine.evaluate import load_trained_learner
-    from metarch.engine.search import (
-        Budget,
-        device_latency,
-        search_trained,
-        supernet_learner,
-        validation_tasks,
-    )
+    from metarch.engine.search import device_latency, supernet_learner, validation_tasks
     from metarch.hardware.devices import Measurement
-    from metarch.nas.search import SearchError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True)
-    parser.add_argument("--task", default="omniglot-20w1s", choices=BASELINES)
+    parser.add_argument("--task", default="omniglot-20w1s", choices=TASKS)
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--test-pool", default="background:test")
     parser.add_argument("--devices", nargs="+", default=["torch-cpu", "onnxruntime-cpu"])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.7, 1.0])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--evaluations", type=int, default=32)
+    parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random", action="store_true", help="also random search")
-    add_output_arguments(parser, "hmetanas")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also search the first device's middle budget with each population size of "
+        "--ablation-populations and each evaluation count of --ablation-evaluations",
+    )
+    parser.add_argument("--ablation-populations", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--ablation-evaluations", type=int, nargs="+", default=[32, 64, 128])
+    add_output_arguments(parser, "hmetanas-TASK")
     args = parser.parse_args()
+    if args.publish == "hmetanas-TASK":
+        args.publish = f"hmetanas-{args.task}"
 
     torch.set_num_threads(1)
+    task = TASKS[args.task]
     trained = load_trained_learner(Path(args.run))
     learner = supernet_learner(trained)
     space = learner.space
@@ -98,20 +170,22 @@ def main() -> None:
     ways = trained.config.episodes.ways
     tasks = validation_tasks(trained, Path(args.data_root), tasks=args.tasks, seed=args.seed)
     how = Measurement(warmup=5, repeats=20, rounds=5)
+    test = Tester(trained, task, args)
 
     extremes = {"largest": space.largest(), "smallest": space.smallest()}
     references: dict[str, dict[str, Any]] = {}
     for name, architecture in extremes.items():
-        references[name] = {"architecture": space.encode(architecture)} | test_accuracy(
-            trained, architecture, args
-        )
+        references[name] = {"architecture": space.encode(architecture)} | test(architecture)
         print(name, references[name], flush=True)
 
     devices: dict[str, Any] = {}
+    ablation: dict[str, Any] | None = None
     for device_name in args.devices:
+        started = time.perf_counter()
         latency = device_latency(space, device_name, seed=args.seed)
+        table_seconds = time.perf_counter() - started
         assert latency.device is not None
-        baseline_ms = latency.device.measure(baseline_network(args.task, ways, shape), shape, how)
+        baseline = latency.device.measure(baseline_network(task, ways, shape), shape, how)
         reference_ms = {
             name: latency.device.measure(
                 space.build(architecture, num_classes=ways), shape, how
@@ -120,81 +194,143 @@ def main() -> None:
         }
         rows = []
         for fraction in args.budgets:
-            budget = Budget(latency_ms=fraction * baseline_ms.median_ms)
             for sampler in ["evolution", "random"] if args.random else ["evolution"]:
-                started = time.perf_counter()
-                try:
-                    result = search_trained(
-                        trained,
-                        tasks,
-                        budget,
-                        latency,
-                        sampler=sampler,
-                        evaluations=args.evaluations,
-                        seed=args.seed,
-                    )
-                except SearchError as exc:  # a budget below the smallest sub-network
-                    rows.append({"fraction": fraction, "budget_ms": budget.latency_ms,
-                                 "sampler": sampler, "unreachable": str(exc)})  # fmt: skip
-                    print(device_name, rows[-1], flush=True)
-                    continue
-                search_seconds = time.perf_counter() - started
-                best = result.best
-                network = space.build(best.architecture, num_classes=ways)
-                row = {
-                    "fraction": fraction,
-                    "budget_ms": budget.latency_ms,
-                    "sampler": sampler,
-                    "architecture": best.text,
-                    "validation_accuracy": 100.0 * best.fitness,
-                    "predicted_ms": best.costs["latency_ms"],
-                    "measured_ms": latency.device.measure(network, shape, how).median_ms,
-                    "search_seconds": search_seconds,
-                    "front": [c.to_json() for c in result.front],
-                } | test_accuracy(trained, best.architecture, args)
+                row = search_row(
+                    trained, tasks, latency, shape, how, test, args,
+                    fraction=fraction, baseline_ms=baseline.median_ms, sampler=sampler,
+                    population=args.population, evaluations=args.evaluations,
+                )  # fmt: skip
                 rows.append(row)
                 print(device_name, {k: v for k, v in row.items() if k != "front"}, flush=True)
         devices[device_name] = {
-            "baseline_ms": baseline_ms.median_ms,
+            "baseline_ms": baseline.median_ms,
             "references_ms": reference_ms,
-            "latency_table": latency.table,
+            "latency_table": None if latency.table is None else Path(latency.table).name,
+            "table_seconds": table_seconds,
             "rows": rows,
         }
+        if args.ablation and ablation is None:
+            fraction = sorted(args.budgets)[len(args.budgets) // 2]
+            ablation = {"device": device_name, "fraction": fraction, "rows": []}
+            for population in args.ablation_populations:
+                for evaluations in args.ablation_evaluations:
+                    row = search_row(
+                        trained, tasks, latency, shape, how, test, args,
+                        fraction=fraction, baseline_ms=baseline.median_ms,
+                        sampler="evolution", population=population, evaluations=evaluations,
+                    )  # fmt: skip
+                    row = {"population": population, "evaluations": evaluations} | row
+                    row.pop("front", None)
+                    ablation["rows"].append(row)
+                    print("ablation", row, flush=True)
     report = {
         "benchmark": "hmetanas",
         "machine": machine(),
         "command": command_line(),
-        "run": args.run,
+        "run": repo_relative(args.run),
         "task": args.task,
-        "baseline": BASELINES[args.task],
-        "test_pool": args.test_pool,
+        "baseline": {
+            "config": task.config,
+            "model": task.model,
+            "options": task.options,
+            "results": task.results,
+            "label": task.label,
+        },
+        "test_pool": task.test_pool,
         "episodes": args.episodes,
-        "search": {"evaluations": args.evaluations, "tasks": args.tasks, "seed": args.seed},
+        "search": {
+            "evaluations": args.evaluations,
+            "population": args.population,
+            "tasks": args.tasks,
+            "seed": args.seed,
+        },
         "steps": trained.step,
+        "train_seconds": trained_seconds(Path(args.run)),
         "references": references,
         "devices": devices,
     }
-    out = output_path(args, "hmetanas")
+    if ablation is not None:
+        report["ablation"] = ablation
+    out = output_path(args, f"hmetanas-{args.task}")
     write_json(report, out)
-    plot_fronts(report, out.with_name("hmetanas_fronts.png"))
+    plot_fronts(report, out.with_name(f"{out.stem}_fronts.png"))
     print(f"wrote {out}")
+
+
+def search_row(
+    trained: Any,
+    tasks: Any,
+    latency: Any,
+    shape: tuple[int, int, int],
+    how: Any,
+    test: Tester,
+    args: argparse.Namespace,
+    *,
+    fraction: float,
+    baseline_ms: float,
+    sampler: str,
+    population: int,
+    evaluations: int,
+) -> dict[str, Any]:
+    """One search at ``fraction`` of the baseline's latency: the chosen sub-network's
+    validation and test accuracy, predicted and measured latency, seconds."""
+    from metarch.engine.search import Budget, search_trained
+    from metarch.nas.search import SearchError
+
+    budget = Budget(latency_ms=fraction * baseline_ms)
+    row: dict[str, Any] = {"fraction": fraction, "budget_ms": budget.latency_ms, "sampler": sampler}
+    started = time.perf_counter()
+    try:
+        result = search_trained(
+            trained,
+            tasks,
+            budget,
+            latency,
+            sampler=sampler,
+            evaluations=evaluations,
+            population=population,
+            seed=args.seed,
+        )
+    except SearchError as exc:  # a budget below the smallest sub-network
+        return row | {"unreachable": str(exc)}
+    search_seconds = time.perf_counter() - started
+    best = result.best
+    space = trained.learner.space
+    network = space.build(best.architecture, num_classes=trained.config.episodes.ways)
+    return (
+        row
+        | {
+            "architecture": best.text,
+            "validation_accuracy": 100.0 * best.fitness,
+            "predicted_ms": best.costs["latency_ms"],
+            "measured_ms": latency.device.measure(network, shape, how).median_ms,
+            "search_seconds": search_seconds,
+            "front": [c.to_json() for c in result.front],
+        }
+        | test(best.architecture)
+    )
+
+
+def trained_seconds(run: Path) -> float | None:
+    """Seconds of meta-training the run's metrics record (its last logged step)."""
+    import json
+
+    seconds = None
+    metrics = run / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("phase") == "train":
+                seconds = record.get("seconds", seconds)
+    return seconds
 
 
 def plot_fronts(report: dict[str, Any], out: Path) -> None:
     """Test accuracy against measured latency per device: the chosen sub-networks, the
     largest and smallest ones, and the manual baseline's latency."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from metarch.utils.io import atomic_write_bytes
-
     devices = report["devices"]
-    figure, axes = plt.subplots(1, len(devices), figsize=(5 * len(devices), 4), squeeze=False)
-    for axis, (device, result) in zip(axes[0], devices.items(), strict=True):
+    figure, axes = figure_axes(len(devices), size=(5, 4))
+    for axis, (device, result) in zip(axes, devices.items(), strict=True):
         for sampler, marker in (("evolution", "o"), ("random", "x")):
             rows = [r for r in result["rows"] if r["sampler"] == sampler and "accuracy" in r]
             if rows:
@@ -211,16 +347,12 @@ def plot_fronts(report: dict[str, Any], out: Path) -> None:
                 [ms], [reference["accuracy"]], yerr=[reference["ci95"]], fmt="s", label=name
             )
         axis.axvline(result["baseline_ms"], color="grey", linestyle="--", label="Conv-4 latency")
-        axis.set_title(device)
+        axis.set_title(f"{report['task']}: {device}")
         axis.set_xlabel("measured latency (ms, batch 1)")
         axis.set_ylabel("test accuracy %")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(out, buffer.getvalue())
+    save_figure(figure, out)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,14 @@ __all__ = [
     "command_line",
     "episode_arrays",
     "episode_batch",
+    "figure_axes",
     "machine",
     "output_path",
     "peak_rss_mb",
     "print_worker_result",
     "repo_relative",
     "rss_mb",
+    "save_figure",
     "write_json",
     "write_report",
 ]
@@ -226,3 +228,30 @@ def print_worker_result(impl: str, times: list[float], setup_rss: float) -> None
             }
         )
     )
+
+
+def figure_axes(columns: int = 1, size: tuple[float, float] = (7, 4)) -> tuple[Any, list[Any]]:
+    """A matplotlib figure (headless backend) with ``columns`` axes side by side, each
+    ``size`` inches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, columns, figsize=(size[0] * columns, size[1]), squeeze=False)
+    return figure, list(axes[0])
+
+
+def save_figure(figure: Any, out: Path) -> None:
+    """Write ``figure`` as a PNG to ``out`` atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from metarch.utils.io import atomic_write_bytes
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write_bytes(out, buffer.getvalue())

@@ -50,8 +50,10 @@ from report import (  # noqa: E402
     RESULTS,
     add_output_arguments,
     command_line,
+    figure_axes,
     output_path,
     repo_relative,
+    save_figure,
     write_report,
 )
 
@@ -160,16 +162,7 @@ def run_configs(args: argparse.Namespace) -> None:
 
 
 def plot_curves(table: dict[str, Any], out: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from metarch.utils.io import atomic_write_bytes
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, (axis,) = figure_axes()
     for row in table["rows"]:
         curve = row.get("validation") or []
         if curve:
@@ -181,11 +174,7 @@ def plot_curves(table: dict[str, Any], out: Path) -> None:
     axis.set_title("Tiny-ImageNet few-shot: validation during meta-training")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write_bytes(out, buffer.getvalue())
+    save_figure(figure, out)
 
 
 def write_markdown(target: Path, table_path: Path) -> None:

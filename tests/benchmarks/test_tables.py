@@ -185,3 +185,54 @@ def test_metanas_reference_renderer_on_a_hand_made_report() -> None:
     assert any(line.startswith("| `zero-grad-keeps-tensors` | runs;") for line in lines)
     assert any("Note: busy machine." in line for line in lines)
     assert "python benchmarks/metanas_reference.py --reference /tmp/ref" in lines
+
+
+def _hmetanas_row(fraction: float, accuracy: float, measured_ms: float) -> dict[str, object]:
+    return {
+        "fraction": fraction,
+        "budget_ms": fraction,
+        "sampler": "evolution",
+        "architecture": "e1|k3w1|k3w1|k3w1|k3w1",
+        "validation_accuracy": accuracy,
+        "predicted_ms": measured_ms,
+        "measured_ms": measured_ms,
+        "search_seconds": 10.0,
+        "accuracy": accuracy,
+        "ci95": 0.5,
+        "adapt_seconds_per_task": 0.1,
+    }
+
+
+def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
+    baselines = {
+        "rows": [
+            {"config": "base", "task": "20-way 1-shot", "accuracy": 78.0, "ci95": 0.4,
+             "train_seconds_total": 1200.0},
+            {"config": "other", "task": "20-way 1-shot", "accuracy": 90.0, "ci95": 0.2},
+        ]
+    }  # fmt: skip
+    report = {
+        "run": "runs/x",
+        "steps": 10,
+        "task": "omniglot-20w1s",
+        "test_pool": "background:test",
+        "episodes": 600,
+        "search": {"evaluations": 32, "tasks": 10, "seed": 0},
+        "baseline": {"config": "base", "model": "conv4", "label": "20-way 1-shot"},
+        "references": {"largest": {"accuracy": 80.0, "ci95": 0.5},
+                       "smallest": {"accuracy": 50.0, "ci95": 0.5}},
+        "devices": {
+            # 0.4x: as accurate within CIs (met); 1x: above beyond both CIs (met)
+            "fast": {"baseline_ms": 1.0, "references_ms": {"largest": 2.0, "smallest": 0.3},
+                     "rows": [_hmetanas_row(0.4, 77.5, 0.39), _hmetanas_row(1.0, 80.0, 0.9)]},
+            # measured over 0.4x although the budget was 0.4: not counted at 0.4x
+            "slow": {"baseline_ms": 1.0, "references_ms": {"largest": 2.0, "smallest": 0.3},
+                     "rows": [_hmetanas_row(0.4, 78.6, 0.45), _hmetanas_row(1.0, 78.5, 0.9)]},
+        },
+        "command": "python benchmarks/hmetanas.py",
+    }  # fmt: skip
+    text = "\n".join(_tables().hmetanas_table(report, baselines))
+    assert "| fast | 77.50 ± 0.50 % at 0.39x | yes | 80.00 ± 0.50 % at 0.90x | yes |" in text
+    assert "| slow | none measured within | no | 78.60 ± 0.50 % at 0.45x | no |" in text
+    assert "best manual baseline of this task: `other` 90.00 ± 0.20 %" in text
+    assert "1200" not in text and "20 min to meta-train one baseline" in text
