@@ -211,3 +211,72 @@ def test_unknown_devices_and_other_runs_are_named(
     assert code == 0, err
     code, _, stderr = run_cli(search_args(other, data_root, tmp_path / "s2"), capsys)
     assert code == 2 and "needs an H-Meta-NAS run" in stderr
+
+
+NB201_CONFIG = CONFIG.replace(
+    "model: {name: elastic-conv-supernet, options: {channels: 4, max_depth: 2}}",
+    "model: {name: nasbench201-supernet, options: {channels: 2, cells_per_stage: 1}}",
+)
+
+
+def write_device_table(path: Path) -> Path:
+    """A HELP-form table of every NAS-Bench-201 cell on two made-up devices: 1 ms plus
+    1 ms per 3x3 convolution ("phone") or per operation that is not none ("gpu")."""
+    from metarch.nas.spaces.nasbench201 import NASBench201Space
+
+    space = NASBench201Space()
+    lines = ["index,arch,phone,gpu"]
+    for index, cell in enumerate(space.enumerate()):
+        convs = sum(op == "nor_conv_3x3" for op in cell)
+        ops = sum(op != "none" for op in cell)
+        lines.append(f"{index},{space.encode(cell)},{1 + convs},{1 + ops}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_nasbench201_supernet_is_searched_by_a_real_device_table(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.yaml").write_text(NB201_CONFIG)
+    run = tmp_path / "run"
+    train = ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(run)]
+    code, _, stderr = run_cli([*train, "--data-root", str(data_root)], capsys)
+    assert code == 0, stderr
+    table = write_device_table(tmp_path / "devices.csv")
+    args = search_args(run, data_root, tmp_path / "s", "--latency-ms", "3.5", "--json")
+    args[args.index("torch-cpu")] = "phone"
+    args += ["--table", str(table)]
+
+    # This run's macro is not the benchmark's whose latencies the table holds: refused...
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "--proxy-table" in stderr and "benchmark's macro" in stderr
+    # ...unless asked for, and then the record says the latencies are a proxy.
+    code, stdout, stderr = run_cli([*args, "--proxy-table"], capsys)
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    assert record["chosen"]["predicted_latency_ms"] <= 3.5
+    assert record["chosen"]["architecture"].count("nor_conv_3x3") <= 2
+    assert record["chosen"]["measured_latency_ms"] is None  # not a local device
+    assert "rank this run's cells" in record["latency_proxy"]
+    candidates = json.loads((tmp_path / "s" / "front.json").read_text())["candidates"]
+    assert all(c["costs"]["latency_ms"] <= 3.5 for c in candidates)
+
+    # A device the table lacks, and a budget under its fastest network, are named.
+    unknown = [*args, "--proxy-table"]
+    unknown[unknown.index("phone")] = "pixel3"
+    code, _, stderr = run_cli(unknown, capsys)
+    assert code == 2 and "not a column" in stderr and "phone, gpu" in stderr
+    tight = [*args, "--proxy-table"]
+    tight[tight.index("3.5")] = "0.5"
+    code, _, stderr = run_cli(tight, capsys)
+    assert code == 2 and "costs 1" in stderr
+
+
+def test_a_device_table_of_another_space_is_refused(
+    run: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = search_args(run, data_root, tmp_path / "s", "--latency-ms", "3")
+    args[args.index("torch-cpu")] = "phone"
+    args += ["--table", str(write_device_table(tmp_path / "devices.csv"))]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "another space" in stderr

@@ -305,8 +305,11 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         return
     if path.stem.startswith("tiny-imagenet-fs-"):
         # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on
-        # the frozen class split, 3-channel normalised images.
+        # the frozen class split, 3-channel normalised images. H-Meta-NAS names its space.
         _, method, backbone, task = path.stem.rsplit("-", 3)
+        supernets = {"elastic": "elastic-conv-supernet", "nb201": "nasbench201-supernet"}
+        if method == "hmetanas":
+            backbone = supernets[backbone]
         assert (config.method.name, config.model.name.removesuffix("-strided")) == (
             method,
             backbone,

@@ -115,7 +115,8 @@ def test_registry() -> None:
         create_model("resnet-12")
     known = (
         "known: conv4, conv4-strided, elastic-conv, elastic-conv-supernet, metanas-genotype, "
-        "metanas-search, mlp, nasbench201-genotype, nasbench201-search, resnet12"
+        "metanas-search, mlp, nasbench201-genotype, nasbench201-search, nasbench201-supernet, "
+        "resnet12"
     )
     assert known in str(info.value)
     assert isinstance(info.value, KeyError)

@@ -12,8 +12,9 @@ from metarch.meta import MAML
 from metarch.models import FewShotClassifier
 from metarch.nas.methods.hmetanas import HMetaNAS, select_tasks
 from metarch.nas.spaces.elastic_conv import Downsample
-from metarch.nas.spaces.elastic_conv_supernet import (
-    ElasticConvSupernet,
+from metarch.nas.spaces.elastic_conv_supernet import ElasticConvSupernet
+from metarch.nas.spaces.nasbench201_supernet import NASBench201Supernet
+from metarch.nas.spaces.supernet import (
     SubnetLinear,
     extract_subnet,
     subnet_context,
@@ -108,5 +109,55 @@ def test_adapting_uses_the_chosen_subnetwork() -> None:
 def test_a_model_without_a_supernet_is_refused() -> None:
     from tests.meta.helpers import tiny_classifier
 
-    with pytest.raises(ValueError, match="elastic-conv supernet"):
+    with pytest.raises(ValueError, match="weight-sharing supernet"):
         HMetaNAS(tiny_classifier())
+
+
+def nasbench201_model(ways: int = 3) -> FewShotClassifier:
+    torch.manual_seed(0)
+    supernet = NASBench201Supernet(channels=4, cells_per_stage=1, in_channels=1, image_size=SIZE)
+    return FewShotClassifier(supernet, ways, (1, SIZE, SIZE)).double()
+
+
+def test_a_nasbench201_subnetwork_computes_what_the_one_shot_supernet_computes_as_it() -> None:
+    torch.manual_seed(0)
+    supernet = NASBench201Supernet(channels=4, cells_per_stage=2, in_channels=1, image_size=SIZE)
+    model = supernet_classifier(supernet, 5)
+    x = torch.rand(6, 1, SIZE, SIZE)
+    space = supernet.space
+    for architecture in [space.largest(), space.smallest()] + [
+        space.sample(random.Random(seed)) for seed in range(6)
+    ]:
+        with subnet_context(architecture):
+            expected = model(x)
+        subnet = extract_subnet(model, architecture)
+        assert torch.equal(subnet(x), expected)
+        # Only the chosen operations' weights are carried: the discrete network's own.
+        assert sum(p.numel() for p in subnet.parameters()) == sum(
+            p.numel() for p in space.build(architecture, num_classes=5).parameters()
+        )
+    assert torch.equal(model(x), extract_subnet(model, space.largest())(x))
+
+
+def test_nasbench201_meta_gradients_equal_autograd_through_the_one_shot_supernet() -> None:
+    batch = make_batch(tasks=2, ways=3, size=SIZE)
+    learner = HMetaNAS(nasbench201_model(), steps=1, inner_lr=0.3, sandwich=2, batching="loop")
+    learner.compute_meta_gradients(batch)
+    got = flat_grad(list(learner.model.parameters()))
+
+    reference = nasbench201_model()
+    reference.head = SubnetLinear(reference.head.in_features, 3).double()
+    reference.load_state_dict(learner.model.state_dict())
+    subnets = learner.subnets(0)
+    assert subnets[0] == learner.space.largest()
+    expected = torch.zeros_like(got)
+    for architecture, share in zip(subnets, [[0], [1]], strict=True):
+        for p in reference.parameters():
+            p.grad = None
+        inner = MAML(reference, inner_lr=0.3, steps=1, norm_policy="batch", batching="loop")
+        with subnet_context(architecture):
+            inner.compute_meta_gradients(select_tasks(batch, share))
+        # MAML's mean over its one task; the share is 1 task of 2. Operations a
+        # sub-network did not run get no gradient from it (zeros).
+        expected += 0.5 * flat_grad(list(reference.parameters()))
+    assert torch.allclose(got, expected, atol=1e-10), (got - expected).abs().max()

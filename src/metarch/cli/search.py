@@ -46,7 +46,15 @@ DEVICE_OPTION = typer.Option(
     ..., "--device", help="Local device (metarch hardware devices), or a name for --table."
 )
 TABLE_OPTION = typer.Option(
-    None, "--table", help="Layer latency table of the device (metarch hardware profile)."
+    None,
+    "--table",
+    help="Layer latency table of the device (metarch hardware profile), or a CSV of whole "
+    "networks measured on devices (HELP's form, NAS-Bench-201 runs; --device names its column).",
+)
+PROXY_TABLE_OPTION = typer.Option(
+    False,
+    "--proxy-table",
+    help="Rank by a whole-network CSV measured on another macro size than the run's.",
 )
 LATENCY_OPTION = typer.Option(None, "--latency-ms", help="Latency budget on the device (ms).")
 PARAMS_OPTION = typer.Option(None, "--params", help="Most parameters.")
@@ -80,7 +88,7 @@ def _budget(latency_ms: float | None, params: float | None, flops: float | None)
 
 
 def _latency(
-    trained: TrainedModel, device: str, table: Path | None, console: Console
+    trained: TrainedModel, device: str, table: Path | None, proxy: bool, console: Console
 ) -> DeviceLatency:
     space = supernet_learner(trained).space
     done = {"layers": 0}
@@ -90,7 +98,10 @@ def _latency(
             console.print(f"  profiled {count}/{total} layers")
             done["layers"] = count
 
-    return device_latency(space, device, table=table, on_layer=on_layer)
+    latency = device_latency(space, device, table=table, on_layer=on_layer, proxy_table=proxy)
+    if latency.proxy:
+        console.print(f"[yellow]proxy latencies:[/] {latency.proxy}")
+    return latency
 
 
 def _search_record(
@@ -104,6 +115,7 @@ def _search_record(
         "run": str(trained.checkpoint.parent),
         "device": latency.name,
         "latency_table": latency.table,
+        "latency_proxy": latency.proxy,
         "budget": {
             "latency_ms": budget.latency_ms,
             "parameters": budget.parameters,
@@ -128,6 +140,7 @@ def search(
     flops: float | None = FLOPS_OPTION,
     out: Path = typer.Option(..., "--out", help="Folder for front.json and architecture.txt."),
     table: Path | None = TABLE_OPTION,
+    proxy_table: bool = PROXY_TABLE_OPTION,
     data_root: Path = DATA_ROOT_OPTION,
     tasks: int = typer.Option(20, "--tasks", min=1, help="Validation tasks per fitness."),
     evaluations: int = typer.Option(64, "--evaluations", min=1, help="Sub-networks evaluated."),
@@ -150,7 +163,7 @@ def search(
         trained = load_trained_learner(run, checkpoint)
         supernet_learner(trained)
     with stages.stage("latency model"):
-        latency = _latency(trained, device, table, console)
+        latency = _latency(trained, device, table, proxy_table, console)
     with stages.stage("validation tasks"):
         episodes = validation_tasks(trained, data_root, tasks=tasks, seed=seed)
     with stages.stage("search"):
@@ -214,6 +227,7 @@ def adapt(
     flops: float | None = FLOPS_OPTION,
     out: Path = typer.Option(Path("adapted"), "--out", help="Folder for model.onnx and more."),
     table: Path | None = TABLE_OPTION,
+    proxy_table: bool = PROXY_TABLE_OPTION,
     front: Path | None = typer.Option(
         None, "--front", help="A 'metarch search' folder to pick from (no search then)."
     ),
@@ -239,7 +253,7 @@ def adapt(
         learner = supernet_learner(trained)
         support_set = load_support_folder(support, trained, shots=shots)
     with stages.stage("latency model"):
-        latency = _latency(trained, device, table, console)
+        latency = _latency(trained, device, table, proxy_table, console)
     space = learner.space
     with stages.stage("choose sub-network"):
         if front is not None:
@@ -272,6 +286,8 @@ def adapt(
         "architecture": chosen,
         "predicted_latency_ms": latency.model.predict(architecture),
         "measured_latency_ms": measured,
+        "latency_table": latency.table,
+        "latency_proxy": latency.proxy,
         "parameters": count_parameters(subnet),
         "flops": flops_per_image(subnet, space.input_shape),
         "classes": list(support_set.classes),

@@ -3,13 +3,16 @@
 The fitness of a sub-network is its mean accuracy after few-shot adaptation on a fixed set
 of tasks from the run's *validation* classes (never test classes, never test queries).
 Budgets are a latency on a device by a latency model (a layer table of the device, profiled
-here for local devices and cached, or brought from elsewhere), parameters and FLOPs. The
+here for local devices and cached, or brought from elsewhere; or exact lookup in a table of
+whole networks measured on real devices, HELP's CSV form, for the NAS-Bench-201 space),
+parameters and FLOPs. The
 result keeps the whole Pareto front; for a local device the chosen network is measured end
 to end and its measured latency reported next to the predicted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +30,8 @@ from metarch.engine.evaluate import TrainedModel
 from metarch.errors import ConfigError
 from metarch.hardware.devices import LOCAL_DEVICES, LocalDevice, Measurement, create_device
 from metarch.hardware.lut import LayerLatencyTable, profile_layers
-from metarch.hardware.predictors import LayerTableModel
+from metarch.hardware.predictors import DeviceTableModel, LatencyModel, LayerTableModel
+from metarch.hardware.tables import DeviceLatencyTable
 from metarch.models.cost import count_parameters, flops_per_image
 from metarch.nas.methods.hmetanas import HMetaNAS
 from metarch.nas.search import (
@@ -74,13 +78,16 @@ class DeviceLatency:
         name: The device as the user named it.
         model: Predicts milliseconds of the space's networks.
         device: The local device (to measure the chosen network), or None.
-        table: Where the layer table was read from.
+        table: Where the layer table (or whole-network table) was read from.
+        proxy: Why the latencies are only a proxy (a whole-network table measured on
+            another macro size than the space's), or None where they are the network's.
     """
 
     name: str
-    model: LayerTableModel
+    model: LatencyModel
     device: LocalDevice | None
     table: str
+    proxy: str | None = None
 
     def measure(self, network: torch.nn.Module, input_shape: tuple[int, ...]) -> float | None:
         """Measured milliseconds of ``network`` on the device (None if it is not local)."""
@@ -99,7 +106,8 @@ def supernet_learner(trained: TrainedModel) -> HMetaNAS:
     if not isinstance(trained.learner, HMetaNAS):
         raise ConfigError(
             f"the run trained method {trained.config.method.name!r}; searching sub-networks "
-            "needs an H-Meta-NAS run (method: hmetanas, model: elastic-conv-supernet)"
+            "needs an H-Meta-NAS run (method: hmetanas, model: elastic-conv-supernet or "
+            "nasbench201-supernet)"
         )
     return trained.learner
 
@@ -118,17 +126,34 @@ def device_latency(
     seed: int = 0,
     cache: Path | None = None,
     on_layer: Callable[[int, int, str], None] | None = None,
+    proxy_table: bool = False,
 ) -> DeviceLatency:
     """The latency model of ``device`` for ``space``.
 
-    With ``table``: that layer table (profiled on the device, elsewhere), as it is. Else
-    ``device`` must be a local device: its table is profiled once and cached (under
-    ``~/.cache/metarch/layer-tables``), then calibrated on ``calibration`` random
-    networks measured end to end.
+    With ``table``: that layer table (profiled on the device, elsewhere), as it is; or, for
+    a ``.csv`` table of whole networks measured on devices (HELP's form), exact lookup in
+    the column ``device``. Else ``device`` must be a local device: its table is profiled
+    once and cached (under ``~/.cache/metarch/layer-tables``), then calibrated on
+    ``calibration`` random networks measured end to end.
+
+    Args:
+        space: The space whose networks it predicts.
+        device: A local device, or a device of ``table``.
+        table: A layer table (JSON) or a whole-network table (``.csv``) of the device.
+        calibration: Networks measured end to end to calibrate a local layer table.
+        seed: Draws the calibration networks.
+        cache: Where local layer tables are cached (default: the user's cache).
+        on_layer: Called with ``(done, total, layer)`` while profiling layers.
+        proxy_table: Accept a whole-network table measured on another macro size than
+            the space's (cells are then ranked by the table's networks, which are not
+            the ones deployed: :attr:`DeviceLatency.proxy` says so).
 
     Raises:
-        ConfigError: An unknown device, or a table of another space.
+        ConfigError: An unknown device, or a table of another space (or, without
+            ``proxy_table``, of another macro size).
     """
+    if table is not None and table.suffix.lower() == ".csv":
+        return _whole_network_table(space, device, table, proxy_table)
     if table is not None:
         loaded = LayerLatencyTable.load(table)
         model = LayerTableModel(space, table=loaded)
@@ -162,11 +187,50 @@ def device_latency(
         # The extremes and random networks between: the calibration spans the space, so a
         # budget near the smallest network is judged by a fit that has seen it.
         rng = random.Random(seed)
-        extremes = [getattr(space, end)() for end in ("smallest", "largest") if hasattr(space, end)]
+        extremes = []
+        for end in (space.smallest, space.largest):
+            with contextlib.suppress(NotImplementedError):  # a space without extremes
+                extremes.append(end())
         networks = extremes + [space.sample(rng) for _ in range(max(0, calibration - 2))]
         timings = local.measure_many([(space.build(a), space.input_shape) for a in networks], how)
         model.fit(networks, [t.median_ms for t in timings])
     return DeviceLatency(device, model, local, display_path(path))
+
+
+def _whole_network_table(
+    space: SearchSpace[Any], device: str, path: Path, proxy_table: bool
+) -> DeviceLatency:
+    """Exact lookup in a table of whole networks measured on devices (HELP's CSV)."""
+    measured = DeviceLatencyTable.from_csv(path)
+    if device not in measured.devices:
+        raise ConfigError(
+            f"--device {device!r} is not a column of {display_path(path)}; its devices: "
+            f"{', '.join(measured.devices)}"
+        )
+    example = space.encode(space.sample(random.Random(0)))
+    if example not in measured:
+        raise ConfigError(
+            f"{display_path(path)} holds networks of another space than this run's "
+            f"{space.registered_name} (no row for {example}; its rows look like "
+            f"{next(iter(measured))})"
+        )
+    proxy = None
+    macro = getattr(space, "benchmark_macro", None)
+    if callable(macro) and not macro():
+        proxy = (
+            f"{display_path(path)} measured the benchmark's macro network "
+            f"({space.registered_name} {space.settings()} differs): its latencies rank this "
+            "run's cells, they are not the latencies of its networks"
+        )
+        if not proxy_table:
+            raise ConfigError(
+                f"{proxy}. Train the supernet at the benchmark's macro size (channels 16, "
+                "cells_per_stage 5, 32x32 images) for exact latencies, or pass "
+                "--proxy-table to rank by the table anyway"
+            )
+    model = DeviceTableModel(space, table=measured, device=device)
+    local = create_device(device) if device in LOCAL_DEVICES else None
+    return DeviceLatency(device, model, local, display_path(path), proxy)
 
 
 def validation_tasks(

@@ -5,7 +5,8 @@ So that a config trains them like any backbone: ``metanas-search`` and
 ``nasbench201-genotype`` (the discrete network of one genotype string, for
 fixed-architecture baselines and retraining a found cell), ``elastic-conv-supernet`` (the
 weight-sharing supernet H-Meta-NAS meta-learns) and ``elastic-conv`` (one of its
-networks, for manual baselines in the same space).
+networks, for manual baselines in the same space), ``nasbench201-supernet`` (the
+NAS-Bench-201 cells as a one-shot supernet for H-Meta-NAS).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from metarch.nas.spaces.metanas import MetaNASNetwork, MetaNASSpace
 from metarch.nas.spaces.metanas_search import MetaNASSearchNetwork
 from metarch.nas.spaces.nasbench201 import NASBench201Network, NASBench201Space
 from metarch.nas.spaces.nasbench201_search import NASBench201SearchNetwork
+from metarch.nas.spaces.nasbench201_supernet import NASBench201Supernet
 from metarch.registry import PositiveInt
 
 __all__ = ["elastic_conv_network", "metanas_genotype_network", "nasbench201_genotype_network"]
@@ -106,3 +108,4 @@ MODELS.add("elastic-conv", elastic_conv_network)
 MODELS.add("metanas-genotype", metanas_genotype_network)
 MODELS.add("nasbench201-search", NASBench201SearchNetwork)
 MODELS.add("nasbench201-genotype", nasbench201_genotype_network)
+MODELS.add("nasbench201-supernet", NASBench201Supernet)

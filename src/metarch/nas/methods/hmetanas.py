@@ -2,19 +2,22 @@
 
 After Zhao et al. (NeurIPS 2022), whose method section we do not have: what we build from
 its abstract is a supernet whose sub-networks may be much smaller or larger (a global
-width expansion and an adaptive number of layers, :mod:`~metarch.nas.spaces.elastic_conv`),
+width expansion and an adaptive number of layers, :mod:`~metarch.nas.spaces.elastic_conv`;
+or the NAS-Bench-201 cells as a one-shot model, whose networks the real-device tables
+measured: :mod:`~metarch.nas.spaces.nasbench201_supernet`),
 meta-trained with MAML so that any sub-network adapts to a new task in a few steps, and
 searched per device and budget afterwards (:mod:`metarch.nas.search`). The details below
 are ours.
 
 Meta-training: each meta-batch's tasks are split evenly among ``sandwich`` sub-networks
-(the largest, the smallest and random ones: the sandwich rule of slimmable networks and
-once-for-all), drawn from ``seed`` and the meta-iteration (so a resumed run draws the same
-ones). For each, the sub-network is cut out of the supernet (its weights are slices of the
-supernet's), a MAML-family learner computes its meta-gradient on its tasks (task-batched:
-the sub-network is an ordinary convolutional network), and the gradient goes back onto the
-slices it came from, weighted by the share of tasks. So the meta-gradient is exactly that of
-the supernet run as those sub-networks, and the engine's task batching applies.
+(the supernet's anchors, for the elastic space its largest and smallest, then random
+ones: the sandwich rule of slimmable networks and once-for-all), drawn from ``seed`` and
+the meta-iteration (so a resumed run draws the same ones). For each, the sub-network is cut
+out of the supernet (its weights are slices of the supernet's), a MAML-family learner
+computes its meta-gradient on its tasks (task-batched: the sub-network is an ordinary
+network), and the gradient goes back onto the slices it came from, weighted by the share of
+tasks. So the meta-gradient is exactly that of the supernet run as those sub-networks, and
+the engine's task batching applies.
 
 Adaptation (:meth:`HMetaNAS.adapt`): the sub-network of :attr:`HMetaNAS.architecture` (set by
 a search for a device and budget; the largest by default) is cut out and adapted by MAML's
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +44,10 @@ from metarch.meta.base import (
 )
 from metarch.meta.maml import FOMAML, MAML
 from metarch.models.norm import MetaBatchNorm2d
-from metarch.nas.spaces.elastic_conv import ElasticArchitecture, ElasticConvSpace
-from metarch.nas.spaces.elastic_conv_supernet import (
-    ElasticConvSupernet,
+from metarch.nas.spaces.base import SearchSpace
+from metarch.nas.spaces.supernet import (
     SubnetLinear,
+    WeightSharingSupernet,
     add_subnet_gradients,
     extract_subnet,
 )
@@ -74,13 +77,14 @@ class HMetaNAS(MetaLearner):
     """MAML-trained weight-sharing supernet; a sub-network per task, device and budget.
 
     Args:
-        model: A classifier whose backbone is an ``elastic-conv-supernet``.
+        model: A classifier whose backbone is a weight-sharing supernet
+            (``elastic-conv-supernet``, ``nasbench201-supernet``).
         meta_learner: The meta-update: ``maml`` (second order) or ``fomaml``.
         inner_lr: Inner learning rate.
         steps: Inner steps in meta-training.
         eval_steps: Inner steps in :meth:`adapt` (default: ``steps``).
-        sandwich: Sub-networks per meta-batch (1: the largest only; 2: largest and
-            smallest; more: and random ones).
+        sandwich: Sub-networks per meta-batch: the supernet's anchors first (the largest,
+            then for the elastic space the smallest), random ones after.
         seed: Seed of the random sub-networks.
         batching: The MAML learner's task batching.
         task_threads: Task-batched: shards of tasks run by threads of their own.
@@ -104,12 +108,12 @@ class HMetaNAS(MetaLearner):
         eval_architecture: str | None = None,
     ) -> None:
         super().__init__()
-        supernets = [m for m in model.modules() if isinstance(m, ElasticConvSupernet)]
+        supernets = [m for m in model.modules() if isinstance(m, WeightSharingSupernet)]
         head = getattr(model, "head", None)
         if len(supernets) != 1 or not isinstance(head, nn.Linear):
             raise ValueError(
-                "hmetanas needs a classifier whose backbone is an elastic-conv supernet "
-                "(model: elastic-conv-supernet)"
+                "hmetanas needs a classifier whose backbone is a weight-sharing supernet "
+                "(model: elastic-conv-supernet or nasbench201-supernet)"
             )
         if not isinstance(head, SubnetLinear):
             # The head must follow the sub-network's width: same weights, sliced reads.
@@ -129,7 +133,7 @@ class HMetaNAS(MetaLearner):
         self.task_threads = task_threads
         self._supernet = (supernets[0],)  # part of the model already: not a second child
         self.architecture = (
-            self.space.largest()
+            self.supernet.default_architecture()
             if eval_architecture is None
             else self.space.decode(eval_architecture)
         )
@@ -138,25 +142,25 @@ class HMetaNAS(MetaLearner):
         self.meta_iterations: Tensor
 
     @property
-    def supernet(self) -> ElasticConvSupernet:
+    def supernet(self) -> WeightSharingSupernet:
         """The weight-sharing backbone."""
         return self._supernet[0]
 
     @property
-    def space(self) -> ElasticConvSpace:
+    def space(self) -> SearchSpace[Any]:
         """The search space of the supernet's sub-networks."""
         return self.supernet.space
 
-    def use_architecture(self, architecture: ElasticArchitecture | str) -> None:
+    def use_architecture(self, architecture: Any) -> None:
         """Adapt with this sub-network from now on (a search's choice)."""
         if isinstance(architecture, str):
             architecture = self.space.decode(architecture)
         self.architecture = architecture
 
-    def subnets(self, iteration: int) -> list[ElasticArchitecture]:
-        """The sandwich of meta-iteration ``iteration``: largest, smallest, random ones."""
+    def subnets(self, iteration: int) -> list[Any]:
+        """The sandwich of meta-iteration ``iteration``: the anchors, then random ones."""
         rng = random.Random(f"hmetanas:{self.seed}:{iteration}")
-        chosen = [self.space.largest(), self.space.smallest()][: self.sandwich]
+        chosen = self.supernet.anchors()[: self.sandwich]
         chosen += [self.space.sample(rng) for _ in range(self.sandwich - len(chosen))]
         return chosen
 
@@ -198,7 +202,7 @@ class HMetaNAS(MetaLearner):
         return ArchitecturePredictor(predictor, self.space.encode(self.architecture))
 
     def adapted_subnet(
-        self, support_x: Tensor, support_y: Tensor, architecture: ElasticArchitecture | None = None
+        self, support_x: Tensor, support_y: Tensor, architecture: Any | None = None
     ) -> nn.Module:
         """The sub-network adapted to a support set, as a stand-alone module to deploy.
 

@@ -145,6 +145,14 @@ class SearchSpace(ABC, Generic[A]):
             raise ArchitectureError(f"expected a {self.registered_name} string, got {value!r}")
         return self.decode(value)
 
+    def largest(self) -> A:
+        """The most costly network (by parameters and FLOPs), where the space has one."""
+        raise NotImplementedError(f"{type(self).__name__} has no largest network")
+
+    def smallest(self) -> A:
+        """The least costly network (by parameters and FLOPs), where the space has one."""
+        raise NotImplementedError(f"{type(self).__name__} has no smallest network")
+
     def size(self) -> int | None:
         """How many architectures the space holds (``None`` where it is not finite)."""
         return None

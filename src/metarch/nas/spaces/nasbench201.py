@@ -233,6 +233,22 @@ class NASBench201Space(SearchSpace[Architecture201]):
     def input_shape(self) -> tuple[int, int, int]:  # noqa: D102
         return (self.in_channels, self.image_size, self.image_size)
 
+    def benchmark_macro(self) -> bool:
+        """Whether these are the benchmark's networks, which the real-device tables measured.
+
+        The benchmark's macro: ``C = 16``, ``N = 5``, 32x32 RGB images.
+        """
+        macro = (self.channels, self.cells_per_stage, self.in_channels, self.image_size)
+        return macro == (16, 5, 3, 32)
+
+    def largest(self) -> Architecture201:
+        """The most costly cell: a 3x3 convolution on every edge."""
+        return ("nor_conv_3x3",) * len(EDGES)  # type: ignore[return-value]
+
+    def smallest(self) -> Architecture201:
+        """The least costly cell by parameters and FLOPs: ``none`` on every edge."""
+        return ("none",) * len(EDGES)  # type: ignore[return-value]
+
     def sample(self, rng: random.Random) -> Architecture201:  # noqa: D102
         ops = tuple(rng.choice(OPERATIONS) for _ in EDGES)
         return ops  # type: ignore[return-value]
