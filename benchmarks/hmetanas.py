@@ -18,8 +18,11 @@ Usage::
         [--episodes 600] [--evaluations 32] [--tasks 10] [--random] [--ablation]
         [--publish | --out FILE]
 
-``--publish`` writes ``benchmarks/results/hmetanas-TASK.json`` and its figure
-``hmetanas-TASK_fronts.png``; ``benchmarks/tables.py`` renders the section ``hmetanas-TASK``.
+``--publish`` writes ``benchmarks/results/hmetanas-TASK.json`` (``--publish NAME``:
+``NAME.json``) and its figure ``..._fronts.png``; ``benchmarks/tables.py`` renders it as the
+section of the same name. With ``--table`` (a whole-network CSV of real devices, HELP's) and
+``--table-devices``, the searches are repeated per device of the table, budgets being
+fractions of the largest network's latency there (NAS-Bench-201 runs).
 """
 
 from __future__ import annotations
@@ -140,7 +143,30 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--task", default="omniglot-20w1s", choices=TASKS)
     parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--devices", nargs="+", default=["torch-cpu", "onnxruntime-cpu"])
+    parser.add_argument("--devices", nargs="*", default=["torch-cpu", "onnxruntime-cpu"])
+    parser.add_argument(
+        "--table", help="a whole-network latency CSV of real devices (HELP's, NAS-Bench-201)"
+    )
+    parser.add_argument("--table-devices", nargs="*", default=[], help="columns of --table")
+    parser.add_argument(
+        "--proxy-table",
+        action="store_true",
+        help="rank by --table although it measured another macro size than the run's",
+    )
+    parser.add_argument(
+        "--references",
+        nargs="*",
+        default=["largest", "smallest"],
+        help="the space's networks tested as reference points",
+    )
+    parser.add_argument(
+        "--reference-cell",
+        action="append",
+        default=[],
+        metavar="NAME=ARCHITECTURE",
+        help="another architecture to test and look up (e.g. MetaNAS's cell)",
+    )
+    parser.add_argument("--checkpoint", default="last", help="best, last or a sidecar")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.7, 1.0])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--evaluations", type=int, default=32)
@@ -163,7 +189,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     task = TASKS[args.task]
-    trained = load_trained_learner(Path(args.run))
+    trained = load_trained_learner(Path(args.run), args.checkpoint)
     learner = supernet_learner(trained)
     space = learner.space
     shape = trained.inputs.shape
@@ -172,7 +198,11 @@ def main() -> None:
     how = Measurement(warmup=5, repeats=20, rounds=5)
     test = Tester(trained, task, args)
 
-    extremes = {"largest": space.largest(), "smallest": space.smallest()}
+    extremes = {name: getattr(space, name)() for name in args.references}
+    extremes |= {
+        name: space.decode(text)
+        for name, _, text in (item.partition("=") for item in args.reference_cell)
+    }
     references: dict[str, dict[str, Any]] = {}
     for name, architecture in extremes.items():
         references[name] = {"architecture": space.encode(architecture)} | test(architecture)
@@ -251,10 +281,57 @@ def main() -> None:
     }
     if ablation is not None:
         report["ablation"] = ablation
+    if args.table:
+        report["table"] = repo_relative(args.table)
+        report["table_devices"] = table_devices(
+            trained, tasks, test, args, extremes, shape=shape, how=how
+        )
     out = output_path(args, f"hmetanas-{args.task}")
+    report["figure"] = f"{out.stem}_fronts.png"
     write_json(report, out)
-    plot_fronts(report, out.with_name(f"{out.stem}_fronts.png"))
+    plot_fronts(report, out.with_name(report["figure"]))
     print(f"wrote {out}")
+
+
+def table_devices(
+    trained: Any,
+    tasks: Any,
+    test: Tester,
+    args: argparse.Namespace,
+    references: dict[str, Any],
+    *,
+    shape: tuple[int, int, int],
+    how: Any,
+) -> dict[str, Any]:
+    """Searches per device of a whole-network table, budgets as fractions of the largest
+    network's latency there (the table's latencies are the measurements)."""
+    from metarch.engine.search import device_latency
+
+    space = trained.learner.space
+    devices: dict[str, Any] = {}
+    for name in args.table_devices:
+        latency = device_latency(space, name, table=Path(args.table), proxy_table=args.proxy_table)
+        largest_ms = latency.model.predict(space.largest())
+        rows = []
+        for fraction in args.budgets:
+            for sampler in ["evolution", "random"] if args.random else ["evolution"]:
+                row = search_row(
+                    trained, tasks, latency, shape, how, test, args,
+                    fraction=fraction, baseline_ms=largest_ms, sampler=sampler,
+                    population=args.population, evaluations=args.evaluations,
+                )  # fmt: skip
+                rows.append(row)
+                print(name, {k: v for k, v in row.items() if k != "front"}, flush=True)
+        devices[name] = {
+            "largest_ms": largest_ms,
+            "references_ms": {
+                reference: latency.model.predict(architecture)
+                for reference, architecture in references.items()
+            },
+            "proxy": latency.proxy,
+            "rows": rows,
+        }
+    return devices
 
 
 def search_row(
@@ -303,7 +380,11 @@ def search_row(
             "architecture": best.text,
             "validation_accuracy": 100.0 * best.fitness,
             "predicted_ms": best.costs["latency_ms"],
-            "measured_ms": latency.device.measure(network, shape, how).median_ms,
+            "measured_ms": (
+                latency.device.measure(network, shape, how).median_ms
+                if latency.device is not None
+                else None
+            ),
             "search_seconds": search_seconds,
             "front": [c.to_json() for c in result.front],
         }
@@ -326,16 +407,23 @@ def trained_seconds(run: Path) -> float | None:
 
 
 def plot_fronts(report: dict[str, Any], out: Path) -> None:
-    """Test accuracy against measured latency per device: the chosen sub-networks, the
-    largest and smallest ones, and the manual baseline's latency."""
-    devices = report["devices"]
-    figure, axes = figure_axes(len(devices), size=(5, 4))
-    for axis, (device, result) in zip(axes, devices.items(), strict=True):
+    """Test accuracy against latency per device: the chosen sub-networks and the reference
+    networks; for local devices as measured (the manual baseline's latency dashed), for a
+    table's devices as the table has them."""
+    panels = [(name, result, "measured_ms") for name, result in report["devices"].items()]
+    panels += [
+        (f"{name} (table)", result, "predicted_ms")
+        for name, result in report.get("table_devices", {}).items()
+    ]
+    if not panels:
+        return
+    figure, axes = figure_axes(len(panels), size=(5, 4))
+    for axis, (device, result, x_key) in zip(axes, panels, strict=True):
         for sampler, marker in (("evolution", "o"), ("random", "x")):
             rows = [r for r in result["rows"] if r["sampler"] == sampler and "accuracy" in r]
             if rows:
                 axis.errorbar(
-                    [r["measured_ms"] for r in rows],
+                    [r[x_key] for r in rows],
                     [r["accuracy"] for r in rows],
                     yerr=[r["ci95"] for r in rows],
                     fmt=marker,
@@ -346,9 +434,10 @@ def plot_fronts(report: dict[str, Any], out: Path) -> None:
             axis.errorbar(
                 [ms], [reference["accuracy"]], yerr=[reference["ci95"]], fmt="s", label=name
             )
-        axis.axvline(result["baseline_ms"], color="grey", linestyle="--", label="Conv-4 latency")
+        if "baseline_ms" in result:
+            axis.axvline(result["baseline_ms"], color="grey", linestyle="--", label="Conv-4")
         axis.set_title(f"{report['task']}: {device}")
-        axis.set_xlabel("measured latency (ms, batch 1)")
+        axis.set_xlabel("latency (ms, batch 1)")
         axis.set_ylabel("test accuracy %")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

@@ -752,19 +752,48 @@ def hmetanas_table(report: Table, baselines: Table) -> list[str]:
             if best is not None and best is not baseline
             else ""
         )
-        + f". Reference sub-networks: largest {_percent(references['largest'])}, smallest "
-        f"{_percent(references['smallest'])}. Budgets are fractions of the baseline's latency "
-        "measured on each device; **bold**: above the baseline beyond both CIs.",
+        + ". Reference networks: "
+        + ", ".join(f"{name} {_percent(result)}" for name, result in references.items())
+        + ".",
+    ]
+    if report["devices"]:
+        lines += ["", *hmetanas_local_devices(report, baseline)]
+    if report.get("table_devices"):
+        lines += ["", *hmetanas_table_devices(report)]
+    if baseline is not None and report["devices"]:
+        lines += ["", *hmetanas_targets(report, baseline)]
+    if "ablation" in report:
+        lines += ["", *hmetanas_ablation(report["ablation"])]
+    if baseline is not None and baseline.get("train_seconds_total") and _searched(report):
+        lines += ["", hmetanas_cost(report, baseline)]
+    machine = report.get("machine", {})
+    lines += [
+        "",
+        f"![accuracy against latency](benchmarks/results/{report['figure']})",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.",
+        "",
+        "```bash",
+        report["command"],
+        "```",
+    ]
+    return lines
+
+
+def hmetanas_local_devices(report: Table, baseline: Table | None) -> list[str]:
+    """Searches on local devices, budgets as fractions of the baseline's measured latency."""
+    lines = [
+        "Local devices: budgets are fractions of the manual baseline's latency measured on "
+        "each device; **bold**: above the baseline beyond both CIs.",
         "",
         "| device | budget (x baseline) | search | sub-network | validation | test | "
         "predicted ms | measured ms | search s |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for device, result in report["devices"].items():
-        refs = result["references_ms"]
+        refs = ", ".join(f"{name} {ms:.3f}" for name, ms in result["references_ms"].items())
         lines.append(
-            f"| {device} | baseline {result['baseline_ms']:.3f} ms; largest "
-            f"{refs['largest']:.3f}, smallest {refs['smallest']:.3f} ms | | | | | | | |"
+            f"| {device} | baseline {result['baseline_ms']:.3f} ms; {refs} ms | | | | | | | |"
         )
         for row in result["rows"]:
             budget = f"{row['fraction']:g} ({row['budget_ms']:.3f} ms)"
@@ -782,25 +811,50 @@ def hmetanas_table(report: Table, baselines: Table) -> list[str]:
                 f"{row['predicted_ms']:.3f} | {row['measured_ms']:.3f} | "
                 f"{row['search_seconds']:.0f} |"
             )
-    if baseline is not None:
-        lines += ["", *hmetanas_targets(report, baseline)]
-    if "ablation" in report:
-        lines += ["", *hmetanas_ablation(report["ablation"])]
-    if baseline is not None and baseline.get("train_seconds_total"):
-        lines += ["", hmetanas_cost(report, baseline)]
-    machine = report.get("machine", {})
-    lines += [
-        "",
-        f"![accuracy against measured latency](benchmarks/results/hmetanas-{report['task']}"
-        "_fronts.png)",
-        "",
-        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores.",
-        "",
-        "```bash",
-        report["command"],
-        "```",
-    ]
     return lines
+
+
+def hmetanas_table_devices(report: Table) -> list[str]:
+    """Searches on the devices of a whole-network table (the table's latencies)."""
+    devices = report["table_devices"]
+    proxy = next((d["proxy"] for d in devices.values() if d.get("proxy")), None)
+    names = list(report["references"])
+    lines = [
+        f"Devices of `{report['table']}` (budgets: fractions of the largest cell's latency "
+        "on each device; latencies are the table's measurements"
+        + (f"; proxy: {proxy}" if proxy else "")
+        + "). Reference networks, tested: "
+        + ", ".join(f"{name} `{report['references'][name]['architecture']}` "
+                    f"{_percent(report['references'][name])}" for name in names)
+        + ".",
+        "",
+        "| device | budget (x largest) | search | cell | validation | test | table ms | "
+        + " | ".join(f"{name} ms" for name in names)
+        + " |",
+        "|---|---|---|---|---:|---:|---:|" + "---:|" * len(names),
+    ]  # fmt: skip
+    for device, result in devices.items():
+        refs = " | ".join(f"{result['references_ms'][name]:.2f}" for name in names)
+        for row in result["rows"]:
+            budget = f"{row['fraction']:g} ({row['budget_ms']:.2f} ms)"
+            if "unreachable" in row:
+                lines.append(
+                    f"| {device} | {budget} | {row['sampler']} | unreachable | | | | {refs} |"
+                )
+                continue
+            cell = row["architecture"].replace("|", "\\|")
+            lines.append(
+                f"| {device} | {budget} | {row['sampler']} | `{cell}` | "
+                f"{row['validation_accuracy']:.1f} % | {_percent(row)} | "
+                f"{row['predicted_ms']:.2f} | {refs} |"
+            )
+    return lines
+
+
+def _searched(report: Table) -> bool:
+    """Whether any search of the report found a network (and was tested)."""
+    devices = [*report["devices"].values(), *report.get("table_devices", {}).values()]
+    return any("accuracy" in row for result in devices for row in result["rows"])
 
 
 def _percent(result: Table) -> str:
@@ -872,14 +926,13 @@ def hmetanas_ablation(ablation: Table) -> list[str]:
 
 def hmetanas_cost(report: Table, baseline: Table) -> str:
     """Seconds per (task, device, budget): search plus adaptation against retraining."""
+    devices = [*report["devices"].values(), *report.get("table_devices", {}).values()]
     rows = [
         r
-        for result in report["devices"].values()
+        for result in devices
         for r in result["rows"]
         if r["sampler"] == "evolution" and "accuracy" in r
     ]
-    if not rows:
-        return ""
     search = statistics.mean(r["search_seconds"] for r in rows)
     adapt = statistics.mean(r["adapt_seconds_per_task"] for r in rows)
     retrain = baseline["train_seconds_total"]

@@ -230,6 +230,7 @@ def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
                      "rows": [_hmetanas_row(0.4, 78.6, 0.45), _hmetanas_row(1.0, 78.5, 0.9)]},
         },
         "command": "python benchmarks/hmetanas.py",
+        "figure": "hmetanas-omniglot-20w1s_fronts.png",
     }  # fmt: skip
     text = "\n".join(_tables().hmetanas_table(report, baselines))
     assert "| fast | 77.50 ± 0.50 % at 0.39x | yes | 80.00 ± 0.50 % at 0.90x | yes |" in text
