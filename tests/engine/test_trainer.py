@@ -305,15 +305,13 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         return
     if path.stem.startswith("tiny-imagenet-fs-"):
         # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on
-        # the frozen class split, 3-channel normalised images. H-Meta-NAS names its space.
-        _, method, backbone, task = path.stem.rsplit("-", 3)
+        # the frozen class split, 3-channel normalised images.
+        # Supernet learners name their space.
+        method = config.method.name
+        assert path.stem.startswith(f"tiny-imagenet-fs-{method}-")
+        backbone, task = path.stem.removeprefix(f"tiny-imagenet-fs-{method}-").rsplit("-", 1)
         supernets = {"elastic": "elastic-conv-supernet", "nb201": "nasbench201-supernet"}
-        if method == "hmetanas":
-            backbone = supernets[backbone]
-        assert (config.method.name, config.model.name.removesuffix("-strided")) == (
-            method,
-            backbone,
-        )
+        assert config.model.name.removesuffix("-strided") == supernets.get(backbone, backbone)
         shots = int(task.split("w")[1].rstrip("s"))
         assert (config.validation_episode.ways, config.validation_episode.shots) == (5, shots)
         assert config.episodes.shots == shots
