@@ -728,9 +728,16 @@ def hardware_layers_table(report: Table) -> list[str]:
 # -- H-Meta-NAS --------------------------------------------------------------------------
 
 
-def hmetanas_table(report: Table, baselines: Table) -> list[str]:
+def hmetanas_table(
+    report: Table,
+    baselines: Table,
+    metanas: Table | None = None,
+    pretraining: Table | None = None,
+) -> list[str]:
     """Sub-networks chosen per device and budget, tested, against the manual baselines of
-    the same task (``baselines``: the published JSON holding them)."""
+    the same task (``baselines``: the published JSON holding them), MetaNAS on the same
+    task (``metanas``) and the same supernet without meta-learning (``pretraining``: the
+    benchmark run on a ``supernet-pretraining`` run)."""
     spec = report["baseline"]
     label = spec["label"]
     rows = [r for r in baselines["rows"] if r.get("task") == label and "note" not in r]
@@ -760,6 +767,8 @@ def hmetanas_table(report: Table, baselines: Table) -> list[str]:
         lines += ["", *hmetanas_local_devices(report, baseline)]
     if report.get("table_devices"):
         lines += ["", *hmetanas_table_devices(report)]
+    if pretraining is not None or metanas is not None:
+        lines += ["", *hmetanas_comparison(report, label, metanas, pretraining)]
     if baseline is not None and report["devices"]:
         lines += ["", *hmetanas_targets(report, baseline)]
     if "ablation" in report:
@@ -812,6 +821,56 @@ def hmetanas_local_devices(report: Table, baseline: Table | None) -> list[str]:
                 f"{row['search_seconds']:.0f} |"
             )
     return lines
+
+
+def hmetanas_comparison(
+    report: Table, label: str, metanas: Table | None, pretraining: Table | None
+) -> list[str]:
+    """H-Meta-NAS against the same supernet pre-trained without meta-learning (searched
+    and tested alike, per device and budget), and MetaNAS on the same task."""
+    lines = ["Against the same supernet without meta-learning and against MetaNAS:", ""]
+    if pretraining is not None:
+        lines += [
+            f"Supervised pre-training (`{pretraining['run']}`, {pretraining['steps']} steps), "
+            "then fine-tuning per task, searched the same way:",
+            "",
+            "| device | budget | H-Meta-NAS (evolution) | H-Meta-NAS (random) | "
+            "pre-trained + fine-tuned (evolution) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for kind in ("devices", "table_devices"):
+            for device, theirs in pretraining.get(kind, {}).items():
+                ours = report.get(kind, {}).get(device)
+                if ours is None:
+                    continue
+                for fraction in sorted({r["fraction"] for r in theirs["rows"]}):
+                    cells = [
+                        _tested(ours["rows"], fraction, "evolution"),
+                        _tested(ours["rows"], fraction, "random"),
+                        _tested(theirs["rows"], fraction, "evolution"),
+                    ]
+                    lines.append(f"| {device} | {fraction:g}x | " + " | ".join(cells) + " |")
+        lines.append("")
+    if metanas is not None:
+        for row in metanas["rows"]:
+            if row.get("task") == label and "note" not in row:
+                lines.append(
+                    f"- MetaNAS `{row['config']}`: {_percent(row)} ({row['episodes']} "
+                    f"episodes), its adapted network {row['latency_ms']:.2f} ms on torch-cpu "
+                    "as published."
+                )
+    return lines
+
+
+def _tested(rows: list[Table], fraction: float, sampler: str) -> str:
+    """The test accuracy of the search at ``fraction`` by ``sampler`` (with its latency)."""
+    for row in rows:
+        if row["fraction"] == fraction and row["sampler"] == sampler:
+            if "accuracy" not in row:
+                return "unreachable"
+            ms = row["measured_ms"] if row.get("measured_ms") is not None else row["predicted_ms"]
+            return f"{_percent(row)} ({ms:.3f} ms)"
+    return "not run"
 
 
 def hmetanas_table_devices(report: Table) -> list[str]:
