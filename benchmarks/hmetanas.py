@@ -60,6 +60,8 @@ class BaselineTask:
         label: The baseline's row in ``results`` (its ``task`` field).
         test_pool: Held-out classes, as the baseline was tested on.
         queries: Query images per class of a test episode, as the baseline's.
+        options: The baseline backbone's options.
+        within_alphabet: Test episodes draw all classes from one alphabet (Omniglot).
     """
 
     config: str
@@ -69,6 +71,7 @@ class BaselineTask:
     test_pool: str
     queries: int
     options: dict[str, Any] = field(default_factory=dict)
+    within_alphabet: bool = False
 
 
 #: The manual baselines of the natural-images issue, by the task H-Meta-NAS runs train.
@@ -76,6 +79,10 @@ TASKS = {
     "omniglot-20w1s": BaselineTask(
         "omniglot-fomaml-20w1s", "conv4-strided", "omniglot.json", "20-way 1-shot",
         "background:test", 5,
+    ),
+    "omniglot-within-20w1s": BaselineTask(
+        "omniglot-fomaml-20w1s", "conv4-strided", "omniglot.json",
+        "20-way 1-shot within-alphabet", "background:test", 5, within_alphabet=True,
     ),
     "tiny-5w1s": BaselineTask(
         "tiny-imagenet-fs-fomaml-conv4-5w1s", "conv4", "tiny_imagenet_fs.json", "5-way 1-shot",
@@ -122,6 +129,7 @@ class Tester:
                 shots=episodes.shots,
                 queries=self.task.queries,
                 episodes=self.args.episodes,
+                within_alphabet=self.task.within_alphabet,
                 seed=0,
                 inputs=self.trained.inputs,
             )
