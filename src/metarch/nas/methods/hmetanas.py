@@ -175,7 +175,11 @@ class HMetaNAS(MetaLearner):
             task_threads=self.task_threads,
         )
 
-    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:  # noqa: D102
+    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:
+        """Split the tasks among the sandwich; each sub-network's gradients go back.
+
+        Each is weighted by its share of the tasks.
+        """
         tasks = batch.num_tasks
         subnets = self.subnets(int(self.meta_iterations))
         shares = [list(range(tasks))[i :: len(subnets)] for i in range(len(subnets))]
@@ -183,16 +187,19 @@ class HMetaNAS(MetaLearner):
         for architecture, share in zip(subnets, shares, strict=True):
             if not share:
                 continue
-            subnet = extract_subnet(self.model, architecture)
-            metrics = self._learner(subnet, self.steps).compute_meta_gradients(
-                select_tasks(batch, share)
-            )
             weight = len(share) / tasks
-            add_subnet_gradients(self.model, subnet, architecture, weight)
+            metrics = self.subnet_gradients(architecture, select_tasks(batch, share), weight)
             loss += weight * metrics.loss
             accuracy += weight * metrics.accuracy
         self.meta_iterations += 1
         return MetaMetrics(loss=loss, accuracy=accuracy, tasks=tasks)
+
+    def subnet_gradients(self, architecture: Any, batch: TaskBatch, weight: float) -> MetaMetrics:
+        """Add ``weight`` x the meta-gradient of one sub-network on its tasks to the supernet."""
+        subnet = extract_subnet(self.model, architecture)
+        metrics = self._learner(subnet, self.steps).compute_meta_gradients(batch)
+        add_subnet_gradients(self.model, subnet, architecture, weight)
+        return metrics
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> ArchitecturePredictor:
         """Cut out :attr:`architecture`'s sub-network and adapt it to the support set."""

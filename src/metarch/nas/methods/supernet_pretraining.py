@@ -14,7 +14,7 @@ pre-training sees the same images as meta-training does.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from metarch.data.episodes import EpisodeBatch
 from metarch.meta.base import META_LEARNERS, MetaMetrics, TaskBatch
-from metarch.nas.methods.hmetanas import HMetaNAS, select_tasks
+from metarch.nas.methods.hmetanas import HMetaNAS
 from metarch.nas.spaces.supernet import SubnetLinear, add_subnet_gradients, extract_subnet
 from metarch.registry import NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -80,31 +80,18 @@ class SupernetPretraining(HMetaNAS):
             head.bias.zero_()
         head.requires_grad_(False)
 
-    def compute_meta_gradients(self, batch: TaskBatch) -> MetaMetrics:
-        """Cross-entropy over the training classes, each sub-network on its share of images."""
+    def subnet_gradients(self, architecture: Any, batch: TaskBatch, weight: float) -> MetaMetrics:
+        """Cross-entropy over the training classes of the sub-network on its tasks' images."""
         if not isinstance(batch, EpisodeBatch):
             raise TypeError("supernet-pretraining needs episodes that name their classes")
-        tasks = batch.num_tasks
-        subnets = self.subnets(int(self.meta_iterations))
-        shares = [list(range(tasks))[i :: len(subnets)] for i in range(len(subnets))]
-        loss = accuracy = 0.0
-        for architecture, share in zip(subnets, shares, strict=True):
-            if not share:
-                continue
-            episodes = select_tasks(batch, share)
-            assert isinstance(episodes, EpisodeBatch)
-            images, labels = self._labelled(episodes)
-            subnet = extract_subnet(self.model, architecture)
-            features = subnet.get_submodule("backbone")(images)
-            logits = self.pretraining_head(features)
-            weight = len(share) / tasks
-            task_loss = F.cross_entropy(logits, labels)
-            (weight * task_loss).backward()
-            add_subnet_gradients(self.model, subnet, architecture)
-            loss += weight * float(task_loss.detach())
-            accuracy += weight * float((logits.argmax(-1) == labels).float().mean())
-        self.meta_iterations += 1
-        return MetaMetrics(loss=loss, accuracy=accuracy, tasks=tasks)
+        images, labels = self._labelled(batch)
+        subnet = extract_subnet(self.model, architecture)
+        logits = self.pretraining_head(subnet.get_submodule("backbone")(images))
+        loss = F.cross_entropy(logits, labels)
+        (weight * loss).backward()
+        add_subnet_gradients(self.model, subnet, architecture)
+        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        return MetaMetrics(loss=float(loss.detach()), accuracy=accuracy, tasks=batch.num_tasks)
 
     def _labelled(self, episodes: EpisodeBatch) -> tuple[Tensor, Tensor]:
         """Every image of the episodes and its class in the training pool."""
