@@ -183,6 +183,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random", action="store_true", help="also random search")
     parser.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["evolution"],
+        help="search samplers compared at every budget (evolution, nsga2, random)",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="also search the first device's middle budget with each population size of "
@@ -192,6 +198,8 @@ def main() -> None:
     parser.add_argument("--ablation-evaluations", type=int, nargs="+", default=[32, 64, 128])
     add_output_arguments(parser, "hmetanas-TASK")
     args = parser.parse_args()
+    if args.random and "random" not in args.samplers:
+        args.samplers.append("random")
     if args.publish == "hmetanas-TASK":
         args.publish = f"hmetanas-{args.task}"
 
@@ -232,7 +240,7 @@ def main() -> None:
         }
         rows = []
         for fraction in args.budgets:
-            for sampler in ["evolution", "random"] if args.random else ["evolution"]:
+            for sampler in args.samplers:
                 row = search_row(
                     trained, tasks, latency, shape, how, test, args,
                     fraction=fraction, baseline_ms=baseline.median_ms, sampler=sampler,
@@ -322,7 +330,7 @@ def table_devices(
         largest_ms = latency.model.predict(space.largest())
         rows = []
         for fraction in args.budgets:
-            for sampler in ["evolution", "random"] if args.random else ["evolution"]:
+            for sampler in args.samplers:
                 row = search_row(
                     trained, tasks, latency, shape, how, test, args,
                     fraction=fraction, baseline_ms=largest_ms, sampler=sampler,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from metarch.models.cost import count_parameters
@@ -9,6 +12,7 @@ from metarch.nas.search import (
     Candidate,
     Constraint,
     GeneticSampler,
+    NSGA2Sampler,
     RandomSampler,
     Sampler,
     SearchError,
@@ -43,8 +47,8 @@ def search(
 ) -> SearchResult:
     budget = [Constraint("parameters", parameters, limit)]
     sampler = (
-        GeneticSampler(SPACE, budget, seed, population=8)
-        if sampler_class is GeneticSampler
+        sampler_class(SPACE, budget, seed, population=8)
+        if sampler_class in (GeneticSampler, NSGA2Sampler)
         else sampler_class(SPACE, budget, seed)
     )
     return run_search(sampler, depth_and_width, evaluations=evaluations)
@@ -52,7 +56,7 @@ def search(
 
 def test_nothing_over_budget_is_ever_evaluated_or_returned() -> None:
     limit = parameters(SPACE.largest()) / 4
-    for sampler_class in (GeneticSampler, RandomSampler):
+    for sampler_class in (GeneticSampler, NSGA2Sampler, RandomSampler):
         result = search(sampler_class, 0, limit)
         assert len(result.candidates) == 60
         assert all(c.costs["parameters"] <= limit for c in result.candidates)
@@ -67,12 +71,41 @@ def test_evolution_beats_random_search_with_the_same_evaluations() -> None:
     assert sum(evolved) > sum(random_)
 
 
-def test_a_search_is_reproducible_from_its_seed() -> None:
+@pytest.mark.parametrize("sampler_class", [GeneticSampler, NSGA2Sampler])
+def test_a_search_is_reproducible_from_its_seed(sampler_class: type[Sampler]) -> None:
     limit = parameters(SPACE.largest()) / 3
-    first, again = search(GeneticSampler, 5, limit, 30), search(GeneticSampler, 5, limit, 30)
-    other = search(GeneticSampler, 6, limit, 30)
+    first, again = search(sampler_class, 5, limit, 30), search(sampler_class, 5, limit, 30)
+    other = search(sampler_class, 6, limit, 30)
     assert [c.text for c in first.candidates] == [c.text for c in again.candidates]
     assert [c.text for c in first.candidates] != [c.text for c in other.candidates]
+
+
+def test_nsga2_learns_beyond_its_random_first_generation() -> None:
+    limit = parameters(SPACE.largest()) / 4
+    nsga2 = [search(NSGA2Sampler, seed, limit).best.fitness for seed in range(3)]
+    random_ = [search(RandomSampler, seed, limit).best.fitness for seed in range(3)]
+    assert sum(nsga2) > sum(random_)
+
+
+@pytest.mark.parametrize("name", ["elastic-conv", "nasbench201"])
+def test_spaces_draw_every_choice_by_name(name: str) -> None:
+    import random
+
+    from metarch.nas.spaces.base import SearchSpace
+    from metarch.nas.spaces.nasbench201 import NASBench201Space
+
+    space: SearchSpace[Any] = SPACE if name == "elastic-conv" else NASBench201Space()
+    offered: dict[str, tuple[object, ...]] = {}
+    rng = random.Random(0)
+
+    def choose(choice: str, options: Sequence[object]) -> object:
+        # A name offers the same options every time (what Optuna requires).
+        assert offered.setdefault(choice, tuple(options)) == tuple(options)
+        return rng.choice(list(options))
+
+    drawn = {space.encode(space.draw(choose)) for _ in range(200)}
+    assert len(drawn) > 100
+    assert all(space.encode(space.decode(text)) == text for text in drawn)
 
 
 def test_the_front_keeps_exactly_the_undominated() -> None:

@@ -145,7 +145,9 @@ def search(
     tasks: int = typer.Option(20, "--tasks", min=1, help="Validation tasks per fitness."),
     evaluations: int = typer.Option(64, "--evaluations", min=1, help="Sub-networks evaluated."),
     population: int = typer.Option(16, "--population", min=2, help="Evolution's population."),
-    sampler: str = typer.Option("evolution", "--sampler", help="evolution or random."),
+    sampler: str = typer.Option(
+        "evolution", "--sampler", help="evolution (ours), nsga2 (Optuna's) or random."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seeds the tasks and the search."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a sidecar."),
     as_json: bool = typer.Option(False, "--json", help="Print the chosen network as JSON."),

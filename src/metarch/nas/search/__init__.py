@@ -3,14 +3,15 @@
 Layout:
     base.py       the interface (Sampler: ask/tell), constraints, candidates, the loop
                   (run_search) and the Pareto front
-    evolution.py  the samplers, in SAMPLERS: "evolution" (our genetic algorithm) and
-                  "random" (the baseline)
+    evolution.py  samplers "evolution" (our genetic algorithm) and "random" (the baseline)
+    nsga2.py      sampler "nsga2" (Optuna's NSGA-II, multi-objective with constraints)
 
 A new sampler: subclass :class:`~metarch.nas.search.base.Sampler` in a module here and
 register it in :data:`SAMPLERS`.
 """
 
 from metarch.nas.search.base import (
+    SAMPLERS,
     Candidate,
     Constraint,
     Sampler,
@@ -20,13 +21,15 @@ from metarch.nas.search.base import (
     pareto_front,
     run_search,
 )
-from metarch.nas.search.evolution import SAMPLERS, GeneticSampler, RandomSampler
+from metarch.nas.search.evolution import GeneticSampler, RandomSampler
+from metarch.nas.search.nsga2 import NSGA2Sampler
 
 __all__ = [
     "SAMPLERS",
     "Candidate",
     "Constraint",
     "GeneticSampler",
+    "NSGA2Sampler",
     "RandomSampler",
     "Sampler",
     "SearchError",

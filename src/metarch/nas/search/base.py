@@ -24,8 +24,10 @@ from typing import Any
 
 from metarch.errors import MetarchError
 from metarch.nas.spaces.base import SearchSpace
+from metarch.registry import Registry
 
 __all__ = [
+    "SAMPLERS",
     "Candidate",
     "Constraint",
     "Sampler",
@@ -129,6 +131,10 @@ class Sampler(ABC):
 
     def tell(self, candidates: Sequence[Candidate]) -> None:  # noqa: B027
         """The fitness of architectures it proposed (default: nothing to learn)."""
+
+
+#: Samplers by name: ``SAMPLERS.get("evolution")(space, constraints, seed, **options)``.
+SAMPLERS: Registry[type[Sampler]] = Registry("search sampler")
 
 
 @dataclass

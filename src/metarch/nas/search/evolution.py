@@ -13,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metarch.nas.search.base import Candidate, Constraint, Sampler
+from metarch.nas.search.base import SAMPLERS, Candidate, Constraint, Sampler
 from metarch.nas.spaces.base import SearchSpace
-from metarch.registry import Registry
 
-__all__ = ["SAMPLERS", "GeneticSampler", "RandomSampler"]
-
-SAMPLERS: Registry[type[Sampler]] = Registry("search sampler")
+__all__ = ["GeneticSampler", "RandomSampler"]
 
 
 @SAMPLERS.register("random")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -144,6 +144,17 @@ class SearchSpace(ABC, Generic[A]):
         if not isinstance(value, str):
             raise ArchitectureError(f"expected a {self.registered_name} string, got {value!r}")
         return self.decode(value)
+
+    def draw(self, choose: Callable[[str, Sequence[Any]], Any]) -> A:
+        """An architecture built from named choices: ``choose(name, options)`` picks each.
+
+        The same names always offer the same options, so a sampler that learns per named
+        choice (Optuna's ``trial.suggest_categorical``) can drive it.
+
+        Raises:
+            NotImplementedError: For spaces not written as named choices yet.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be drawn by named choices")
 
     def largest(self) -> A:
         """The most costly network (by parameters and FLOPs), where the space has one."""

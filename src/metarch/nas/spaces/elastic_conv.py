@@ -27,8 +27,9 @@ from __future__ import annotations
 import functools
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -226,6 +227,22 @@ class ElasticConvSpace(SearchSpace[ElasticArchitecture]):
             for _ in range(STAGES)
         )
         return ElasticArchitecture(expansion, stages)
+
+    def draw(self, choose: Callable[[str, Sequence[Any]], Any]) -> ElasticArchitecture:
+        """Choices ``expansion``, per stage ``depth{s}``, ``kernel{s}.{i}``, ``ratio{s}.{i}``."""
+        expansion = choose("expansion", EXPANSIONS)
+        stages = []
+        for stage in range(STAGES):
+            depth = choose(f"depth{stage}", tuple(range(1, self.max_depth + 1)))
+            stages.append(
+                tuple(
+                    ElasticLayer(
+                        choose(f"kernel{stage}.{i}", KERNELS), choose(f"ratio{stage}.{i}", RATIOS)
+                    )
+                    for i in range(depth)
+                )
+            )
+        return ElasticArchitecture(expansion, tuple(stages))
 
     def mutate(  # noqa: D102
         self, architecture: ElasticArchitecture, rng: random.Random, rate: float

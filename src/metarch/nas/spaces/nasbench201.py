@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -248,6 +248,10 @@ class NASBench201Space(SearchSpace[Architecture201]):
     def smallest(self) -> Architecture201:
         """The least costly cell by parameters and FLOPs: ``none`` on every edge."""
         return ("none",) * len(EDGES)  # type: ignore[return-value]
+
+    def draw(self, choose: Callable[[str, Sequence[Any]], Any]) -> Architecture201:
+        """The operation ``edge{e}`` of each edge (:data:`EDGES` order)."""
+        return tuple(choose(f"edge{e}", OPERATIONS) for e in range(len(EDGES)))
 
     def sample(self, rng: random.Random) -> Architecture201:  # noqa: D102
         ops = tuple(rng.choice(OPERATIONS) for _ in EDGES)
