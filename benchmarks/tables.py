@@ -832,7 +832,9 @@ def hmetanas_comparison(
     if pretraining is not None:
         lines += [
             f"Supervised pre-training (`{pretraining['run']}`, {pretraining['steps']} steps), "
-            "then fine-tuning per task, searched the same way:",
+            "then fine-tuning per task, searched the same way and tested on "
+            f"{pretraining['episodes']} episodes of the same seeded stream; largest sub-network "
+            f"{_percent(pretraining['references']['largest'])}:",
             "",
             "| device | budget | H-Meta-NAS (evolution) | H-Meta-NAS (random) | "
             "pre-trained + fine-tuned (evolution) |",
