@@ -807,10 +807,7 @@ def hmetanas_local_devices(report: Table, baseline: Table | None) -> list[str]:
         for row in result["rows"]:
             budget = f"{row['fraction']:g} ({row['budget_ms']:.3f} ms)"
             if "unreachable" in row:
-                lines.append(
-                    f"| | {budget} | {row['sampler']} | unreachable: smallest sub-network "
-                    "slower by the latency model | | | | | |"
-                )
+                lines.append(f"| | {budget} | {row['sampler']} | {_unreachable(row)} | | | | | |")
                 continue
             better = baseline is not None and _above(row, baseline)
             architecture = row["architecture"].replace("|", "\\|")  # not a column break
@@ -869,7 +866,7 @@ def _tested(rows: list[Table], fraction: float, sampler: str) -> str:
     for row in rows:
         if row["fraction"] == fraction and row["sampler"] == sampler:
             if "accuracy" not in row:
-                return "unreachable"
+                return _unreachable(row)
             ms = row["measured_ms"] if row.get("measured_ms") is not None else row["predicted_ms"]
             return f"{_percent(row)} ({ms:.3f} ms)"
     return "not run"
@@ -910,6 +907,13 @@ def hmetanas_table_devices(report: Table) -> list[str]:
                 f"{row['predicted_ms']:.2f} | {refs} |"
             )
     return lines
+
+
+def _unreachable(row: Table) -> str:
+    """Why a search returned nothing: the budget, or the sampler's draws."""
+    if "smallest network" in row["unreachable"]:
+        return "none: even the smallest sub-network is over budget by the latency model"
+    return "none: no sub-network within budget in the sampler's random draws"
 
 
 def _searched(report: Table) -> bool:

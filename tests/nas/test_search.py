@@ -133,3 +133,11 @@ def test_spaces_mutate_and_cross_within_themselves() -> None:
         child = SPACE.mutate(SPACE.crossover(a, b, rng), rng, 0.5)
         assert SPACE.decode(SPACE.encode(child)) == child
     assert SPACE.mutate(a, rng, 0.0) == a
+
+
+def test_random_search_finds_networks_near_the_smallest() -> None:
+    # A budget few uniform draws meet: at most one step above the smallest network.
+    smallest = depth_and_width(SPACE.smallest())
+    budget = [Constraint("size", depth_and_width, smallest + 0.3)]
+    result = run_search(RandomSampler(SPACE, budget, 0), depth_and_width, evaluations=3)
+    assert result.candidates and all(c.costs["size"] <= smallest + 0.3 for c in result.candidates)

@@ -113,13 +113,29 @@ class Sampler(ABC):
     def sample_feasible(self, attempts: int = 2000) -> Any:
         """A random architecture within every budget.
 
+        Uniform draws first; where a budget is so tight that ``attempts`` draws all miss
+        it (close to the smallest network), random draws are crossed with the smallest
+        network until they fit: still random, but biased towards the smallest.
+
         Raises:
-            SearchError: None found in ``attempts`` draws.
+            SearchError: None found.
         """
         for _ in range(attempts):
             architecture = self.space.sample(self.rng)
             if self.feasible(architecture):
                 return architecture
+        try:
+            smallest = self.space.smallest()
+        except NotImplementedError:
+            smallest = None
+        if smallest is not None and self.feasible(smallest):
+            for _ in range(attempts):
+                architecture = self.space.sample(self.rng)
+                for _ in range(20):
+                    if self.feasible(architecture):
+                        return architecture
+                    architecture = self.space.crossover(architecture, smallest, self.rng)
+            return smallest
         raise SearchError(
             f"no architecture within {_budgets(self.constraints)} in {attempts} random draws; "
             "raise the budget"
