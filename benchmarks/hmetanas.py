@@ -176,6 +176,7 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint", default="last", help="best, last or a sidecar")
     parser.add_argument("--rounds", type=int, default=10, help="--remeasure's rounds")
+    parser.add_argument("--replot", metavar="JSON", help="only redraw a report's figure")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.7, 1.0])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--evaluations", type=int, default=32)
@@ -207,6 +208,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.remeasure:
         remeasure(Path(args.remeasure), args)
+        return
+    if args.replot:
+        import json
+
+        report = json.loads(Path(args.replot).read_text())
+        plot_fronts(report, Path(args.replot).with_name(report["figure"]))
         return
     if args.random and "random" not in args.samplers:
         args.samplers.append("random")
@@ -474,6 +481,21 @@ def trained_seconds(run: Path) -> float | None:
     return seconds
 
 
+def baseline_result(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The manual baseline's published test result for the report's task."""
+    import json
+
+    from report import RESULTS
+
+    spec = report["baseline"]
+    rows = json.loads((RESULTS / spec["results"]).read_text())["rows"]
+    return next(
+        (r for r in rows if r["config"] == spec["config"] and r.get("task") == spec["label"]
+         and "note" not in r),
+        None,
+    )  # fmt: skip
+
+
 def plot_fronts(report: dict[str, Any], out: Path) -> None:
     """Test accuracy against latency per device: the chosen sub-networks and the reference
     networks; for local devices as measured (the manual baseline's latency dashed), for a
@@ -487,7 +509,7 @@ def plot_fronts(report: dict[str, Any], out: Path) -> None:
         return
     figure, axes = figure_axes(len(panels), size=(5, 4))
     for axis, (device, result, x_key) in zip(axes, panels, strict=True):
-        for sampler, marker in (("evolution", "o"), ("random", "x")):
+        for sampler, marker in (("evolution", "o"), ("nsga2", "^"), ("random", "x")):
             rows = [r for r in result["rows"] if r["sampler"] == sampler and "accuracy" in r]
             if rows:
                 axis.errorbar(
@@ -503,7 +525,13 @@ def plot_fronts(report: dict[str, Any], out: Path) -> None:
                 [ms], [reference["accuracy"]], yerr=[reference["ci95"]], fmt="s", label=name
             )
         if "baseline_ms" in result:
-            axis.axvline(result["baseline_ms"], color="grey", linestyle="--", label="Conv-4")
+            axis.axvline(result["baseline_ms"], color="grey", linestyle="--")
+            baseline = baseline_result(report)
+            if baseline is not None:
+                axis.errorbar(
+                    [result["baseline_ms"]], [baseline["accuracy"]], yerr=[baseline["ci95"]],
+                    fmt="*", markersize=12, color="black", label=f"{baseline['config']}",
+                )  # fmt: skip
         axis.set_title(f"{report['task']}: {device}")
         axis.set_xlabel("latency (ms, batch 1)")
         axis.set_ylabel("test accuracy %")

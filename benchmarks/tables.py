@@ -1030,7 +1030,15 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
     "metanas-reference": (("metanas_reference.json",), metanas_reference_table),
     "hardware-fewshot": (("hardware.json",), hardware_fewshot_table),
     "hardware-layers": (("hardware.json",), hardware_layers_table),
-    "hmetanas-omniglot-20w1s": (("hmetanas-omniglot-20w1s.json", "omniglot.json", "metanas.json", "hmetanas-omniglot-20w1s-pretraining.json",), hmetanas_table),
+    "hmetanas-omniglot-20w1s": (
+        (
+            "hmetanas-omniglot-20w1s.json",
+            "omniglot.json",
+            "metanas.json",
+            "hmetanas-omniglot-20w1s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
 }
 
 
