@@ -15,7 +15,7 @@ Usage::
 
     python benchmarks/hmetanas.py --run RUN --task omniglot-20w1s --data-root ../shared/data
         [--devices torch-cpu onnxruntime-cpu openvino-cpu] [--budgets 0.4 0.7 1.0]
-        [--episodes 600] [--evaluations 32] [--tasks 10] [--random] [--ablation]
+        [--episodes 600] [--shots N] [--evaluations 32] [--tasks 10] [--random] [--ablation]
         [--publish | --out FILE]
 
 ``--publish`` writes ``benchmarks/results/hmetanas-TASK.json`` (``--publish NAME``:
@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,14 @@ TASKS = {
         "tiny_imagenet_fs_background:test", 15, {"hidden": 32},
     ),
 }  # fmt: skip
+
+
+def with_shots(trained: Any, shots: int | None) -> Any:
+    """The trained run, searched and tested at ``shots`` (``None``: its own)."""
+    if shots is None:
+        return trained
+    episodes = trained.config.episodes.model_copy(update={"shots": shots})
+    return replace(trained, config=trained.config.model_copy(update={"episodes": episodes}))
 
 
 def baseline_network(task: BaselineTask, ways: int, shape: tuple[int, int, int]) -> torch.nn.Module:
@@ -179,6 +187,12 @@ def main() -> None:
     parser.add_argument("--replot", metavar="JSON", help="only redraw a report's figure")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.7, 1.0])
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument(
+        "--shots",
+        type=int,
+        help="search and test at this many shots instead of the run's (one supervised "
+        "pre-trained supernet serves every shot count; its fine-tuning does not depend on it)",
+    )
     parser.add_argument("--evaluations", type=int, default=32)
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--tasks", type=int, default=10)
@@ -204,10 +218,19 @@ def main() -> None:
         help="only re-time a report's local networks (baseline, references, choices) on a "
         "quiet machine, in interleaved rounds, and rewrite it (--run: the report's run)",
     )
+    parser.add_argument(
+        "--time-adapt",
+        metavar="JSON",
+        help="only time 'metarch adapt' end to end at each local device's middle budget of a "
+        "report, and rewrite it (--run: the report's run)",
+    )
     add_output_arguments(parser, "hmetanas-TASK")
     args = parser.parse_args()
     if args.remeasure:
         remeasure(Path(args.remeasure), args)
+        return
+    if args.time_adapt:
+        time_adapt(Path(args.time_adapt), args)
         return
     if args.replot:
         import json
@@ -223,6 +246,8 @@ def main() -> None:
     torch.set_num_threads(1)
     task = TASKS[args.task]
     trained = load_trained_learner(Path(args.run), args.checkpoint)
+    trained_shots = trained.config.episodes.shots
+    trained = with_shots(trained, args.shots)
     learner = supernet_learner(trained)
     space = learner.space
     shape = trained.inputs.shape
@@ -286,6 +311,7 @@ def main() -> None:
                     row.pop("front", None)
                     ablation["rows"].append(row)
                     print("ablation", row, flush=True)
+    adapt_runs = adapt_commands(trained, task, args, devices)
     report = {
         "benchmark": "hmetanas",
         "machine": machine(),
@@ -301,6 +327,8 @@ def main() -> None:
         },
         "test_pool": task.test_pool,
         "episodes": args.episodes,
+        "shots": trained.config.episodes.shots,
+        "trained_shots": trained_shots,
         "search": {
             "evaluations": args.evaluations,
             "population": args.population,
@@ -311,6 +339,7 @@ def main() -> None:
         "train_seconds": trained_seconds(Path(args.run)),
         "references": references,
         "devices": devices,
+        "adapt_command": adapt_runs,
     }
     if ablation is not None:
         report["ablation"] = ablation
@@ -324,6 +353,87 @@ def main() -> None:
     write_json(report, out)
     plot_fronts(report, out.with_name(report["figure"]))
     print(f"wrote {out}")
+
+
+def adapt_commands(
+    trained: Any, task: BaselineTask, args: argparse.Namespace, devices: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``metarch adapt`` timed on each local device at its middle budget."""
+    records = []
+    for name, device in devices.items():
+        fractions = sorted({row["fraction"] for row in device["rows"]})
+        fraction = fractions[len(fractions) // 2]
+        record = adapt_command(trained, task, args, name, fraction * device["baseline_ms"])
+        records.append({"fraction": fraction} | record)
+        print("metarch adapt", records[-1], flush=True)
+    return records
+
+
+def time_adapt(path: Path, args: argparse.Namespace) -> None:
+    """Add ``metarch adapt``'s end-to-end timings to a report; rewrite it."""
+    import json
+
+    from metarch.engine.evaluate import load_trained_learner
+
+    report = json.loads(path.read_text())
+    trained = load_trained_learner(Path(args.run), args.checkpoint)
+    trained = with_shots(trained, args.shots)
+    report["adapt_command"] = adapt_commands(
+        trained, TASKS[report["task"]], args, report["devices"]
+    )
+    write_json(report, path)
+    print(f"wrote {path}")
+
+
+def adapt_command(
+    trained: Any, task: BaselineTask, args: argparse.Namespace, device: str, budget_ms: float
+) -> dict[str, Any]:
+    """``metarch adapt`` run as a user runs it, timed: a support folder of one test task
+    (images as decoded, written as PNGs), the device's cached latency model, the CLI's
+    default search; its own seconds per stage and the wall time with Python's start-up."""
+    import json
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    from metarch.data.episodes import EpisodeSampler
+    from metarch.data.pools import load_pool
+
+    episodes = trained.config.episodes
+    image_size = trained.config.data.image_size
+    pool = load_pool(task.test_pool, Path(args.data_root), image_size=image_size)
+    batch = EpisodeSampler(pool, episodes.ways, episodes.shots, 1, seed=args.seed).tasks([0])
+    with tempfile.TemporaryDirectory() as folder:
+        support = Path(folder) / "support"
+        labels = batch.support_labels[0].tolist()
+        for position, image_id in enumerate(batch.support_image_ids[0].tolist()):
+            image = pool.dataset.images[image_id]
+            pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+            (support / f"class{labels[position]:02d}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(support / f"class{labels[position]:02d}/{position}.png")
+        command = [
+            sys.executable, "-m", "metarch", "adapt", "--run", str(args.run),
+            "--checkpoint", args.checkpoint, "--device", device,
+            "--latency-ms", f"{budget_ms:.6f}", "--support", str(support),
+            "--data-root", str(args.data_root), "--out", str(Path(folder) / "adapted"), "--json",
+        ]  # fmt: skip
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall_seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        return {"device": device, "budget_ms": budget_ms, "error": done.stderr.strip()[-500:]}
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "device": device,
+        "budget_ms": budget_ms,
+        "architecture": record["architecture"],
+        "predicted_ms": record["predicted_latency_ms"],
+        "measured_ms": record["measured_latency_ms"],
+        "stages": record["seconds"],
+        "total_seconds": record["total_seconds"],
+        "wall_seconds": wall_seconds,
+    }
 
 
 def remeasure(path: Path, args: argparse.Namespace) -> None:

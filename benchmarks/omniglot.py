@@ -8,7 +8,8 @@ Each ``configs/omniglot-<method>-<ways>w<shots>s.yaml`` is meta-trained on
 1-shot episodes and reported as an error, also with test-time augmentation (``--tta``,
 reported as separate rows). Way-agnostic models (prototypical networks)
 are also tested on 5-way, 20-way and within-alphabet 20-way 1-shot episodes: one model
-serves every task. Runs already finished in the runs folder are
+serves every task; a model with a 20-way classifier head is also tested on within-alphabet
+20-way 1-shot episodes. Runs already finished in the runs folder are
 evaluated again, not retrained; interrupted ones resume.
 
 Usage::
@@ -135,7 +136,8 @@ def tasks_of(path: Path) -> list[Task]:
 
     own = task_of(path.stem)
     if META_LEARNERS.get(load_config(path).method.name).needs_classifier_head:
-        return [own]
+        # A classifier head fixes the ways; within-alphabet episodes of those ways still fit.
+        return [own] + [task for task in EXTRA_TASKS if task[:2] == own[:2] and task != own]
     return [own, *(task for task in EXTRA_TASKS if task != own)]
 
 

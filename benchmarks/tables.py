@@ -527,7 +527,7 @@ def device_latency_lines(report: Table) -> list[str]:
             latency = " | ".join(
                 f"{cell['latency_ms'][d]:.1f} ({cell['faster_share'][d]:.0f} %)" for d in devices
             )
-            cell_name = name.replace("|", "\\|")  # a table cell: NAS-Bench-201 strings hold |
+            cell_name = _cell(name)
             lines.append(
                 f"| {row['config']}, {row['task']} | `{cell_name}` | {tasks} | {accuracy} "
                 f"| {latency} |"
@@ -775,6 +775,8 @@ def hmetanas_table(
         lines += ["", *hmetanas_ablation(report["ablation"])]
     if baseline is not None and baseline.get("train_seconds_total") and _searched(report):
         lines += ["", hmetanas_cost(report, baseline)]
+    if report.get("adapt_command"):
+        lines += ["", *hmetanas_adapt_command(report["adapt_command"])]
     machine = report.get("machine", {})
     lines += [
         "",
@@ -822,7 +824,7 @@ def hmetanas_local_devices(report: Table, baseline: Table | None) -> list[str]:
                 lines.append(f"| | {budget} | {row['sampler']} | {_unreachable(row)} | | | | | |")
                 continue
             better = baseline is not None and _above(row, baseline)
-            architecture = row["architecture"].replace("|", "\\|")  # not a column break
+            architecture = _cell(row["architecture"])
             lines.append(
                 f"| | {budget} | {row['sampler']} | `{architecture}` | "
                 f"{row['validation_accuracy']:.1f} % | {bold(_percent(row), better)} | "
@@ -840,8 +842,14 @@ def hmetanas_comparison(
     lines = ["Against the same supernet without meta-learning and against MetaNAS:", ""]
     if pretraining is not None:
         lines += [
-            f"Supervised pre-training (`{pretraining['run']}`, {pretraining['steps']} steps), "
-            "then fine-tuning per task, searched the same way and tested on "
+            f"Supervised pre-training (`{pretraining['run']}`, {pretraining['steps']} steps"
+            + (
+                f", on the images of {pretraining['trained_shots']}-shot episodes"
+                if pretraining.get("trained_shots", pretraining.get("shots"))
+                != pretraining.get("shots")
+                else ""
+            )
+            + "), then fine-tuning per task, searched the same way and tested on "
             f"{pretraining['episodes']} episodes of the same seeded stream; largest sub-network "
             f"{_percent(pretraining['references']['largest'])}:",
             "",
@@ -912,7 +920,7 @@ def hmetanas_table_devices(report: Table) -> list[str]:
                     f"| {device} | {budget} | {row['sampler']} | unreachable | | | | {refs} |"
                 )
                 continue
-            cell = row["architecture"].replace("|", "\\|")
+            cell = _cell(row["architecture"])
             lines.append(
                 f"| {device} | {budget} | {row['sampler']} | `{cell}` | "
                 f"{row['validation_accuracy']:.1f} % | {_percent(row)} | "
@@ -1022,6 +1030,34 @@ def hmetanas_cost(report: Table, baseline: Table) -> str:
         + (f" ({trained / 60:.0f} min)" if trained else "")
         + " is paid once for all tasks, devices and budgets."
     )
+
+
+def _cell(text: str) -> str:
+    """``text`` as one markdown table cell (architecture strings hold ``|``)."""
+    return text.replace("|", "\\|")
+
+
+def hmetanas_adapt_command(records: list[Table]) -> list[str]:
+    """``metarch adapt`` end to end per device: the issue's 30 s bound, stage by stage."""
+    lines = [
+        "`metarch adapt` end to end on one test task's support folder (the CLI's defaults: "
+        "a search of 24 sub-networks on 8 validation tasks; the device's latency table "
+        "already profiled), seconds:",
+        "",
+        "| device | budget | chosen | stages | total | with start-up |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for record in records:
+        budget = f"{record['fraction']:g}x ({record['budget_ms']:.3f} ms)"
+        if "error" in record:
+            lines.append(f"| {record['device']} | {budget} | failed: {record['error']} | | | |")
+            continue
+        stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in record["stages"].items())
+        lines.append(
+            f"| {record['device']} | {budget} | `{_cell(record['architecture'])}` | {stages} | "
+            f"{record['total_seconds']:.1f} | {record['wall_seconds']:.1f} |"
+        )
+    return lines
 
 
 SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {

@@ -43,3 +43,14 @@ def test_merge_appends_a_new_config_and_records_a_command_once(tmp_path: Path) -
 
     assert merged["rows"] == [{"config": "a"}, {"config": "z", "accuracy": 5.0}]
     assert merged["commands"] == ["python run"]
+
+
+def test_a_classifier_head_is_tested_within_alphabet_only_at_its_own_ways() -> None:
+    script = _load_script()
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    assert script.tasks_of(configs / "omniglot-fomaml-20w1s.yaml") == [
+        (20, 1, False),
+        (20, 1, True),
+    ]
+    assert script.tasks_of(configs / "omniglot-fomaml-5w1s.yaml") == [(5, 1, False)]
+    assert (5, 1, False) in script.tasks_of(configs / "omniglot-protonet-20w1s.yaml")

@@ -237,3 +237,18 @@ def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
     assert "| slow | none measured within | no | 78.60 ± 0.50 % at 0.45x | no |" in text
     assert "best manual baseline of this task: `other` 90.00 ± 0.20 %" in text
     assert "1200" not in text and "20 min to meta-train one baseline" in text
+
+
+def test_hmetanas_renderer_reports_the_adapt_command_per_stage_and_its_failures() -> None:
+    records = [
+        {"fraction": 0.7, "device": "torch-cpu", "budget_ms": 0.25,
+         "architecture": "|nor_conv_3x3~0|+|skip_connect~0|", "stages": {"load run": 1.25,
+         "choose sub-network": 20.0}, "total_seconds": 21.25, "wall_seconds": 24.5},
+        {"fraction": 0.7, "device": "openvino-cpu", "budget_ms": 0.1, "error": "over budget"},
+    ]  # fmt: skip
+    lines = _tables().hmetanas_adapt_command(records)
+    assert (
+        "| torch-cpu | 0.7x (0.250 ms) | `\\|nor_conv_3x3~0\\|+\\|skip_connect~0\\|` | "
+        "load run 1.2, choose sub-network 20.0 | 21.2 | 24.5 |" in lines
+    )
+    assert "| openvino-cpu | 0.7x (0.100 ms) | failed: over budget | | | |" in lines
