@@ -243,12 +243,14 @@ def test_hmetanas_renderer_reports_the_adapt_command_per_stage_and_its_failures(
     records = [
         {"fraction": 0.7, "device": "torch-cpu", "budget_ms": 0.25,
          "architecture": "|nor_conv_3x3~0|+|skip_connect~0|", "stages": {"load run": 1.25,
-         "choose sub-network": 20.0}, "total_seconds": 21.25, "wall_seconds": 24.5},
+         "choose sub-network": 20.0}, "total_seconds": 21.25, "wall_seconds": 24.5,
+         "first_call": {"stages": {"latency model": 11.0}, "total_seconds": 31.0,
+         "wall_seconds": 34.75}},
         {"fraction": 0.7, "device": "openvino-cpu", "budget_ms": 0.1, "error": "over budget"},
     ]  # fmt: skip
     lines = _tables().hmetanas_adapt_command(records)
     assert (
         "| torch-cpu | 0.7x (0.250 ms) | `\\|nor_conv_3x3~0\\|+\\|skip_connect~0\\|` | "
-        "load run 1.2, choose sub-network 20.0 | 21.2 | 24.5 |" in lines
+        "load run 1.2, choose sub-network 20.0 | 21.2 | 24.5 | 34.8 (table 11.0) |" in lines
     )
-    assert "| openvino-cpu | 0.7x (0.100 ms) | failed: over budget | | | |" in lines
+    assert "| openvino-cpu | 0.7x (0.100 ms) | failed: over budget | | | | |" in lines

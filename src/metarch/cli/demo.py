@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -18,10 +19,17 @@ from metarch.data.omniglot import load_omniglot
 from metarch.data.pools import NAMED_SPLITS
 from metarch.engine.checkpoint import load_checkpoint
 from metarch.engine.config import TrainConfig, load_config
-from metarch.engine.evaluate import evaluate_episodes
+from metarch.engine.evaluate import evaluate_episodes, load_trained_learner
+from metarch.engine.search import (
+    Budget,
+    device_latency,
+    search_trained,
+    supernet_learner,
+    validation_tasks,
+)
 from metarch.engine.trainer import Trainer
 from metarch.reports.episodes import save_episode_grid
-from metarch.utils.io import display_path
+from metarch.utils.io import atomic_write_text, display_path
 
 __all__ = ["demo"]
 
@@ -33,7 +41,7 @@ def demo(
         True, "--download/--no-download", help="Fetch Omniglot if it is missing."
     ),
     steps: int = typer.Option(
-        800, "--steps", help="Meta-training steps of the demo's prototypical network."
+        800, "--steps", help="Meta-training steps of the demo's prototypical network (0: skip it)."
     ),
     episodes: int = typer.Option(400, "--episodes", help="Evaluation episodes per task."),
     nas_steps: int = typer.Option(
@@ -41,8 +49,16 @@ def demo(
         "--nas-steps",
         help="Meta-training steps of the demo's MetaNAS (architecture search; 0: skip it).",
     ),
+    supernet_steps: int = typer.Option(
+        300,
+        "--supernet-steps",
+        help="Meta-training steps of the demo's H-Meta-NAS supernet (0: skip it).",
+    ),
 ) -> None:
-    """Load Omniglot, draw episodes, meta-train a prototypical network and a MetaNAS cell."""
+    """Load Omniglot, draw episodes, meta-train a prototypical network, a MetaNAS and an H-Meta-NAS.
+
+    The H-Meta-NAS supernet is searched for three latency budgets on this CPU.
+    """
     console = Console()
     root = data_root_from(data_root)
     started = time.perf_counter()
@@ -98,9 +114,12 @@ def demo(
         )
         console.print(f"wrote {display_path(out / file_name)}")
 
-    _train_and_evaluate(console, root, out / "run", steps, episodes)
+    if steps > 0:
+        _train_and_evaluate(console, root, out / "run", steps, episodes)
     if nas_steps > 0:
         _search_architectures(console, root, out / "metanas", nas_steps, min(episodes, 20))
+    if supernet_steps > 0:
+        _search_budgets(console, root, out / "hmetanas", supernet_steps, min(episodes, 100))
 
 
 def _train(
@@ -215,6 +234,100 @@ def _search_architectures(
         f"'metarch nas adapt --run {display_path(run)} --support DIR'"
     )
 
+
+def _search_budgets(console: Console, root: Path, run: Path, steps: int, episodes: int) -> None:
+    """Meta-train a small H-Meta-NAS supernet; search it for three budgets on this CPU.
+
+    The CPU's layer latency table is profiled once, then cached; each choice is tested.
+    """
+    config = load_config(
+        None, [f"steps={steps}"] + [f"{k}={v}" for k, v in DEMO_SUPERNET_CONFIG.items()]
+    )
+    what = "an H-Meta-NAS supernet (elastic Conv-4: depth, kernels, widths)"
+    _, seconds = _train(console, root, run, config, what)
+    trained = load_trained_learner(run, "last")
+    learner = supernet_learner(trained)
+    space = learner.space
+    console.print("latency table of torch-cpu (profiled once, then cached) ...")
+    latency = device_latency(space, "torch-cpu")
+    tasks = validation_tasks(trained, root, tasks=5, seed=0)
+    smallest = latency.model.predict(space.smallest())
+    largest = latency.model.predict(space.largest())
+    table = Table(
+        title=f"Sub-networks for torch-cpu budgets, each tested on {episodes} held-out 5-way "
+        "1-shot tasks (background:test)"
+    )
+    for column in ("budget", "sub-network", "predicted", "measured", "parameters", "accuracy"):
+        table.add_column(column, overflow="fold")
+    rows = []
+    for share in (0.2, 0.5, 1.0):
+        budget = smallest + share * (largest - smallest)
+        found = search_trained(trained, tasks, Budget(latency_ms=budget), latency, evaluations=12)
+        architecture = found.best.architecture
+        network = space.build(architecture, num_classes=config.episodes.ways)
+        predicted = latency.model.predict(architecture)
+        measured = latency.measure(network, space.input_shape)
+        learner.use_architecture(architecture)
+        result = evaluate_episodes(
+            learner,
+            "background:test",
+            root,
+            image_size=config.data.image_size,
+            ways=config.episodes.ways,
+            shots=1,
+            queries=5,
+            episodes=episodes,
+            inputs=trained.inputs,
+        )
+        parameters = sum(p.numel() for p in network.parameters())
+        rows.append(
+            {
+                "budget_ms": budget,
+                "architecture": found.best.text,
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+                "parameters": parameters,
+                "accuracy": result.accuracy,
+                "ci95": result.ci95,
+            }
+        )
+        table.add_row(
+            f"{budget:.3f} ms",
+            found.best.text,
+            f"{predicted:.3f} ms",
+            f"{measured or float('nan'):.3f} ms",
+            f"{parameters:,}",
+            f"{result.accuracy:.1f}% ± {result.ci95:.1f}%",
+        )
+    console.print(table)
+    atomic_write_text(run / "budgets.json", json.dumps({"device": "torch-cpu", "rows": rows}))
+    console.print(f"wrote {display_path(run / 'budgets.json')}")
+    console.print(
+        f"training took {seconds:.0f} s; search and adapt it for your own device, budget and "
+        f"task with 'metarch search --run {display_path(run)} --device torch-cpu --latency-ms "
+        "X --out DIR' and 'metarch adapt ... --support DIR'"
+    )
+
+
+# The demo's H-Meta-NAS: a strided elastic Conv-4 of 8 to 16 channels, first-order MAML on a
+# sandwich of sub-networks: a minute or two on two cores.
+DEMO_SUPERNET_CONFIG = {
+    "method.name": "hmetanas",
+    "method.options": "{meta_learner: fomaml, inner_lr: 0.1, steps: 3, eval_steps: 5, sandwich: 4}",
+    "model.name": "elastic-conv-supernet",
+    "model.options": "{channels: 8, max_depth: 2, downsample: stride}",
+    "meta_batch": 8,
+    "episodes.ways": 5,
+    "episodes.shots": 1,
+    "episodes.queries": 5,
+    "data.train_set": "background:train",
+    "data.val_set": "background:val",
+    "data.rotations": "true",
+    "optimizer.name": "adam",
+    "optimizer.lr": 0.001,
+    "validation.every": 100000,
+    "checkpoint_every": 50,
+}
 
 # The demo's MetaNAS: 4 channels, a normal and a reduction cell, Reptile, a third of the run
 # as warm-up: a few minutes on two cores.
