@@ -253,7 +253,13 @@ def main() -> None:
     space = learner.space
     shape = trained.inputs.shape
     ways = trained.config.episodes.ways
-    tasks = validation_tasks(trained, Path(args.data_root), tasks=args.tasks, seed=args.seed)
+    tasks = validation_tasks(
+        trained,
+        Path(args.data_root),
+        tasks=args.tasks,
+        seed=args.seed,
+        within_group=task.within_alphabet,
+    )
     how = Measurement(warmup=5, repeats=20, rounds=5)
     test = Tester(trained, task, args)
 
@@ -334,6 +340,7 @@ def main() -> None:
             "evaluations": args.evaluations,
             "population": args.population,
             "tasks": args.tasks,
+            "within_alphabet": task.within_alphabet,
             "seed": args.seed,
         },
         "steps": trained.step,
@@ -404,7 +411,10 @@ def adapt_command(
     episodes = trained.config.episodes
     image_size = trained.config.data.image_size
     pool = load_pool(task.test_pool, Path(args.data_root), image_size=image_size)
-    batch = EpisodeSampler(pool, episodes.ways, episodes.shots, 1, seed=args.seed).tasks([0])
+    sampler = EpisodeSampler(
+        pool, episodes.ways, episodes.shots, 1, seed=args.seed, within_group=task.within_alphabet
+    )
+    batch = sampler.tasks([0])
     with tempfile.TemporaryDirectory() as folder:
         support = Path(folder) / "support"
         labels = batch.support_labels[0].tolist()
@@ -418,7 +428,7 @@ def adapt_command(
             "--checkpoint", args.checkpoint, "--device", device,
             "--latency-ms", f"{budget_ms:.6f}", "--support", str(support),
             "--data-root", str(args.data_root), "--out", str(Path(folder) / "adapted"), "--json",
-        ]  # fmt: skip
+        ] + (["--within-alphabet"] if task.within_alphabet else [])  # fmt: skip
         # A fresh cache: the first call profiles the device's layer table, as a user's first
         # call on a new device does; the second finds it cached, as every later call does.
         environment = os.environ | {"XDG_CACHE_HOME": str(Path(folder) / "cache")}

@@ -750,8 +750,9 @@ def hmetanas_table(
         + f"), {label}, tested on `{report['test_pool']}` (held-out classes), "
         f"{report['episodes']} episodes (the same seeded episodes as the baselines), mean "
         f"accuracy ± 95% CI. Search: {report['search']['evaluations']} sub-networks evaluated "
-        f"on {report['search']['tasks']} validation tasks each (validation classes only), "
-        f"seed {report['search']['seed']}. Manual baseline: `{spec['config']}` "
+        f"on {report['search']['tasks']} validation tasks each (validation classes only"
+        + (", within one alphabet" if report["search"].get("within_alphabet") else "")
+        + f"), seed {report['search']['seed']}. Manual baseline: `{spec['config']}` "
         f"({spec['model']}, the same meta-learner) "
         + (_percent(baseline) if baseline else "not measured")
         + (

@@ -108,6 +108,30 @@ def test_search_keeps_the_budget_and_measures_its_choice(
     ] == first
 
 
+def test_within_alphabet_searches_score_on_tasks_of_one_alphabet(
+    run: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metarch.data.resolve import load_pool
+    from metarch.engine.evaluate import load_trained_learner
+    from metarch.engine.search import validation_tasks
+
+    trained = load_trained_learner(run, "last")
+    tasks = validation_tasks(
+        trained, data_root, tasks=40, seed=0, pool_spec="background", within_group=True
+    )
+    groups = load_pool("background", data_root, image_size=16).entry_groups
+    drawn = groups[tasks.entries.numpy()]
+    assert np.all(drawn == drawn[:, :1]) and len(set(drawn[:, 0].tolist())) == 2
+    mixed = validation_tasks(trained, data_root, tasks=40, seed=0, pool_spec="background")
+    assert not np.all(groups[mixed.entries.numpy()] == groups[mixed.entries.numpy()][:, :1])
+
+    out = tmp_path / "within"
+    args = search_args(run, data_root, out, "--latency-ms", "50", "--within-alphabet")
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    assert (out / "front.json").exists()
+
+
 def write_support(folder: Path, classes: int) -> Path:
     generator = np.random.default_rng(0)
     for index in range(classes):

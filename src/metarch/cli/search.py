@@ -63,6 +63,13 @@ DATA_ROOT_OPTION = typer.Option(
     Path("data"), "--data-root", help="Where the run's validation classes are."
 )
 
+WITHIN_OPTION = typer.Option(
+    False,
+    "--within-alphabet",
+    help="Score sub-networks on validation tasks whose classes share one alphabet (group), "
+    "for tasks like Omniglot's within-alphabet ones.",
+)
+
 
 class _Stages:
     """Seconds spent per stage, shown as each one ends."""
@@ -142,6 +149,7 @@ def search(
     table: Path | None = TABLE_OPTION,
     proxy_table: bool = PROXY_TABLE_OPTION,
     data_root: Path = DATA_ROOT_OPTION,
+    within_alphabet: bool = WITHIN_OPTION,
     tasks: int = typer.Option(20, "--tasks", min=1, help="Validation tasks per fitness."),
     evaluations: int = typer.Option(64, "--evaluations", min=1, help="Sub-networks evaluated."),
     population: int = typer.Option(16, "--population", min=2, help="Evolution's population."),
@@ -167,7 +175,9 @@ def search(
     with stages.stage("latency model"):
         latency = _latency(trained, device, table, proxy_table, console)
     with stages.stage("validation tasks"):
-        episodes = validation_tasks(trained, data_root, tasks=tasks, seed=seed)
+        episodes = validation_tasks(
+            trained, data_root, tasks=tasks, seed=seed, within_group=within_alphabet
+        )
     with stages.stage("search"):
         result = search_trained(
             trained,
@@ -234,6 +244,7 @@ def adapt(
         None, "--front", help="A 'metarch search' folder to pick from (no search then)."
     ),
     data_root: Path = DATA_ROOT_OPTION,
+    within_alphabet: bool = WITHIN_OPTION,
     tasks: int = typer.Option(8, "--tasks", min=1, help="Validation tasks per fitness."),
     evaluations: int = typer.Option(24, "--evaluations", min=1, help="Sub-networks evaluated."),
     shots: int | None = typer.Option(None, "--shots", help="Images per class to use."),
@@ -261,7 +272,9 @@ def adapt(
         if front is not None:
             chosen = _from_front(trained, front, budget, latency)
         else:
-            episodes = validation_tasks(trained, data_root, tasks=tasks, seed=seed)
+            episodes = validation_tasks(
+                trained, data_root, tasks=tasks, seed=seed, within_group=within_alphabet
+            )
             result = search_trained(
                 trained, episodes, budget, latency, evaluations=evaluations, seed=seed
             )

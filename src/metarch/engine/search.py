@@ -234,9 +234,18 @@ def _whole_network_table(
 
 
 def validation_tasks(
-    trained: TrainedModel, data_root: Path, *, tasks: int, seed: int, pool_spec: str | None = None
+    trained: TrainedModel,
+    data_root: Path,
+    *,
+    tasks: int,
+    seed: int,
+    pool_spec: str | None = None,
+    within_group: bool = False,
 ) -> EpisodeBatch:
     """``tasks`` fixed episodes of the run's validation classes (its ways, shots, queries).
+
+    ``within_group`` draws every episode's classes from one group (alphabet), so that a
+    search for within-alphabet tasks is scored on tasks like them.
 
     Raises:
         ConfigError: The run has no validation set and none is given.
@@ -256,6 +265,7 @@ def validation_tasks(
         max(1, episodes.queries),
         seed=seed,
         normalize=trained.inputs.normalization,
+        within_group=within_group,
     )
     return sampler.tasks(list(range(tasks)))
 
