@@ -195,6 +195,26 @@ def test_adapt_picks_adapts_and_exports_a_subnetwork(
 
 
 @pytest.mark.parametrize(
+    ("classes", "words"), [(1, "at least 2 class folders, found 1"), (4, "use at most 3")]
+)
+def test_adapt_refuses_a_support_folder_that_is_no_task_for_the_run(
+    run: Path,
+    data_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    classes: int,
+    words: str,
+) -> None:
+    support = write_support(tmp_path / "support", classes)
+    out = tmp_path / "adapted"
+    args = ["adapt", "--run", str(run), "--device", "torch-cpu", "--latency-ms", "50"]
+    args += ["--support", str(support), "--out", str(out), "--data-root", str(data_root)]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and words in stderr and str(support) in stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     ("extra", "words"),
     [
         (["--latency-ms", "0.0001"], "smallest network"),
