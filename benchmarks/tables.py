@@ -1091,6 +1091,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "hmetanas-tiny-5w1s.json",
             "tiny_imagenet_fs.json",
             "metanas.json",
+            "hmetanas-tiny-5w1s-pretraining.json",
         ),
         hmetanas_table,
     ),
@@ -1108,6 +1109,14 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "omniglot.json",
             "metanas.json",
             "hmetanas-omniglot-20w1s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
+    "hmetanas-omniglot-within-20w1s": (
+        (
+            "hmetanas-omniglot-within-20w1s.json",
+            "omniglot.json",
+            "metanas.json",
         ),
         hmetanas_table,
     ),
