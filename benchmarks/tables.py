@@ -771,7 +771,7 @@ def hmetanas_table(
     if pretraining is not None or metanas is not None:
         lines += ["", *hmetanas_comparison(report, label, metanas, pretraining)]
     if baseline is not None and report["devices"]:
-        lines += ["", *hmetanas_targets(report, baseline)]
+        lines += ["", *hmetanas_targets(report, baseline, best)]
     if "ablation" in report:
         lines += ["", *hmetanas_ablation(report["ablation"])]
     if baseline is not None and baseline.get("train_seconds_total") and _searched(report):
@@ -952,10 +952,11 @@ def _above(row: Table, baseline: Table) -> bool:
     return bool(row["accuracy"] - row["ci95"] > baseline["accuracy"] + baseline["ci95"])
 
 
-def hmetanas_targets(report: Table, baseline: Table) -> list[str]:
+def hmetanas_targets(report: Table, baseline: Table, best: Table | None = None) -> list[str]:
     """The issue's target per device, from the evolution rows: a sub-network at least as
     accurate as the baseline within 40 % of its measured latency, and one strictly more
-    accurate (beyond both CIs) within its latency."""
+    accurate (beyond both CIs) within its latency; and how far the best manual baseline of
+    the task (``best``, another learner's) is from every network tested."""
     lines = [
         "Target per device (evolution search; latency as measured): at least as accurate "
         "as the baseline at <= 0.4x its latency, and more accurate at <= 1x.",
@@ -981,6 +982,17 @@ def hmetanas_targets(report: Table, baseline: Table) -> list[str]:
                 ratio = chosen["measured_ms"] / result["baseline_ms"]
                 cells += [f"{_percent(chosen)} at {ratio:.2f}x", "yes" if met else "no"]
         lines.append(f"| {device} | " + " | ".join(cells) + " |")
+    if best is not None and best is not baseline:
+        tested = [r for d in report["devices"].values() for r in d["rows"] if "accuracy" in r]
+        tested += [{"architecture": name} | r for name, r in report["references"].items()]
+        top = max(tested, key=lambda r: r["accuracy"])
+        verdict = "below it" if top["accuracy"] < best["accuracy"] else "level with or above it"
+        lines += [
+            "",
+            f"Against the best manual baseline of the task, as the issue's target names it "
+            f"(`{best['config']}`, {_percent(best)}): the most accurate network tested here, "
+            f"`{_cell(top['architecture'])}` ({_percent(top)}), is {verdict}, at any latency.",
+        ]
     return lines
 
 

@@ -236,6 +236,10 @@ def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
     assert "| fast | 77.50 ± 0.50 % at 0.39x | yes | 80.00 ± 0.50 % at 0.90x | yes |" in text
     assert "| slow | none measured within | no | 78.60 ± 0.50 % at 0.45x | no |" in text
     assert "best manual baseline of this task: `other` 90.00 ± 0.20 %" in text
+    assert (
+        "(`other`, 90.00 ± 0.20 %): the most accurate network tested here, "
+        "`e1\\|k3w1\\|k3w1\\|k3w1\\|k3w1` (80.00 ± 0.50 %), is below it, at any latency." in text
+    )
     assert "1200" not in text and "20 min to meta-train one baseline" in text
 
 
