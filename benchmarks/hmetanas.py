@@ -448,6 +448,7 @@ def adapt_command(
         "device": device,
         "budget_ms": budget_ms,
         "architecture": record["architecture"],
+        "evaluated": record.get("evaluated"),
         "predicted_ms": record["predicted_latency_ms"],
         "measured_ms": record["measured_latency_ms"],
         "stages": record["seconds"],

@@ -174,6 +174,7 @@ def test_adapt_picks_adapts_and_exports_a_subnetwork(
     assert code == 0, stderr
     record = json.loads(stdout)
     assert record["predicted_latency_ms"] <= 50 and record["onnx_max_abs_difference"] < 1e-4
+    assert 1 <= record["evaluated"] <= 4
     assert set(record["seconds"]) == {
         "load run",
         "latency model",

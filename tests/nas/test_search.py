@@ -141,3 +141,22 @@ def test_random_search_finds_networks_near_the_smallest() -> None:
     budget = [Constraint("size", depth_and_width, smallest + 0.3)]
     result = run_search(RandomSampler(SPACE, budget, 0), depth_and_width, evaluations=3)
     assert result.candidates and all(c.costs["size"] <= smallest + 0.3 for c in result.candidates)
+
+
+def test_a_time_limit_stops_evaluating_and_keeps_what_was_evaluated() -> None:
+    limit = parameters(SPACE.largest()) / 3
+    calls: list[float] = []
+
+    def slow(architecture: ElasticArchitecture) -> float:
+        calls.append(1.0)
+        return depth_and_width(architecture)
+
+    budget = [Constraint("parameters", parameters, limit)]
+    # A limit already spent still evaluates one architecture, so a result exists.
+    result = run_search(RandomSampler(SPACE, budget, 0), slow, evaluations=30, seconds=0.0)
+    assert len(result.candidates) == 1 == len(calls)
+    # A limit not reached changes nothing: the seed alone decides the search.
+    timed = run_search(RandomSampler(SPACE, budget, 0), depth_and_width, evaluations=30,
+                       seconds=3600.0)  # fmt: skip
+    untimed = search(RandomSampler, 0, limit, 30)
+    assert [c.text for c in timed.candidates] == [c.text for c in untimed.candidates]

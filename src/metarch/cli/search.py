@@ -247,6 +247,13 @@ def adapt(
     within_alphabet: bool = WITHIN_OPTION,
     tasks: int = typer.Option(8, "--tasks", min=1, help="Validation tasks per fitness."),
     evaluations: int = typer.Option(24, "--evaluations", min=1, help="Sub-networks evaluated."),
+    search_seconds: float | None = typer.Option(
+        15.0,
+        "--search-seconds",
+        min=0.0,
+        help="Evaluate no new sub-network after this many seconds of search (the best of "
+        "those evaluated is chosen; 0: no limit, the search then depends on the seed alone).",
+    ),
     shots: int | None = typer.Option(None, "--shots", help="Images per class to use."),
     seed: int = typer.Option(0, "--seed", help="Seeds the tasks and the search."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a sidecar."),
@@ -269,6 +276,7 @@ def adapt(
         latency = _latency(trained, device, table, proxy_table, console)
     space = learner.space
     with stages.stage("choose sub-network"):
+        evaluated = None
         if front is not None:
             chosen = _from_front(trained, front, budget, latency)
         else:
@@ -276,9 +284,16 @@ def adapt(
                 trained, data_root, tasks=tasks, seed=seed, within_group=within_alphabet
             )
             result = search_trained(
-                trained, episodes, budget, latency, evaluations=evaluations, seed=seed
+                trained,
+                episodes,
+                budget,
+                latency,
+                evaluations=evaluations,
+                seed=seed,
+                seconds=search_seconds or None,
             )
             chosen = result.best.text
+            evaluated = len(result.candidates)
     architecture = space.decode(chosen)
     with stages.stage("adapt"):
         subnet = learner.adapted_subnet(support_set.images, support_set.labels, architecture)
@@ -299,6 +314,7 @@ def adapt(
         "run": display_path(run),
         "device": device,
         "architecture": chosen,
+        "evaluated": evaluated,
         "predicted_latency_ms": latency.model.predict(architecture),
         "measured_latency_ms": measured,
         "latency_table": latency.table,

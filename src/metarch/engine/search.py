@@ -323,8 +323,11 @@ def search_trained(
     population: int = 16,
     seed: int = 0,
     on_evaluated: Callable[[int, int], None] | None = None,
+    seconds: float | None = None,
 ) -> SearchResult:
     """Search the run's supernet for the fittest sub-network within ``budget``.
+
+    ``seconds``, if given, stops evaluating new sub-networks after that much time.
 
     Raises:
         SearchError: A budget even the smallest sub-network misses (naming its cost).
@@ -349,6 +352,7 @@ def search_trained(
             on_evaluated=None
             if on_evaluated is None
             else lambda _, n: on_evaluated(n, evaluations),
+            seconds=seconds,
         )
     finally:
         learner.use_architecture(chosen)

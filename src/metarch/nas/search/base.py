@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -233,6 +234,7 @@ def run_search(
     evaluations: int,
     batch: int = 8,
     on_evaluated: Callable[[Candidate, int], None] | None = None,
+    seconds: float | None = None,
 ) -> SearchResult:
     """Evaluate up to ``evaluations`` distinct architectures the sampler proposes.
 
@@ -242,16 +244,23 @@ def run_search(
         evaluations: Distinct architectures to evaluate.
         batch: Proposals asked for at a time.
         on_evaluated: Called with each new candidate and the number evaluated so far.
+        seconds: Evaluate no new architecture once this much time has passed (at least one
+            is evaluated); the result is then the best of fewer, and depends on speed.
     """
     space = sampler.space
     seen: dict[str, Candidate] = {}
     stale = 0
-    while len(seen) < evaluations and stale < 20:
+    started = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return seconds is not None and bool(seen) and time.perf_counter() - started >= seconds
+
+    while len(seen) < evaluations and stale < 20 and not out_of_time():
         proposals = sampler.ask(min(batch, evaluations - len(seen)))
         fresh = []
         for architecture in proposals:
             text = space.encode(architecture)
-            if text in seen or len(seen) >= evaluations:
+            if text in seen or len(seen) >= evaluations or out_of_time():
                 continue
             candidate = Candidate(
                 architecture=architecture,
