@@ -455,6 +455,7 @@ def adapt_command(
         "total_seconds": record["total_seconds"],
         "wall_seconds": wall_seconds,
         "first_call": {
+            "evaluated": first.get("evaluated"),
             "stages": first["seconds"],
             "total_seconds": first["total_seconds"],
             "wall_seconds": first_wall,

@@ -195,6 +195,22 @@ def test_adapt_picks_adapts_and_exports_a_subnetwork(
     assert np.allclose(one, logits[:1], atol=1e-5)
 
 
+def test_adapt_keeps_to_its_time_limit_by_evaluating_fewer_subnetworks(
+    run: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    support = write_support(tmp_path / "support", 3)
+    args = ["adapt", "--run", str(run), "--device", "torch-cpu", "--latency-ms", "50"]
+    args += ["--support", str(support), "--out", str(tmp_path / "a"), "--data-root"]
+    args += [str(data_root), "--tasks", "2", "--evaluations", "4", "--json"]
+    # A limit spent before the search starts: one sub-network is evaluated and chosen.
+    code, stdout, stderr = run_cli([*args, "--time-limit", "0.001"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["evaluated"] == 1
+    code, stdout, stderr = run_cli([*args, "--time-limit", "0"], capsys)
+    assert code == 0, stderr
+    assert json.loads(stdout)["evaluated"] == 4
+
+
 @pytest.mark.parametrize(
     ("classes", "words"), [(1, "at least 2 class folders, found 1"), (4, "use at most 3")]
 )
