@@ -1147,6 +1147,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "hmetanas-omniglot-within-20w1s.json",
             "omniglot.json",
             "metanas.json",
+            "hmetanas-omniglot-within-20w1s-pretraining.json",
         ),
         hmetanas_table,
     ),
