@@ -1056,8 +1056,8 @@ def hmetanas_adapt_command(records: list[Table]) -> list[str]:
         "`metarch adapt` end to end on one test task's support folder (the CLI's defaults: "
         "a search of up to 24 sub-networks on 8 validation tasks"
         + (
-            ", evaluating no new one once the command has run 22 s, to end within its "
-            "default time limit of 25 s (sub-networks evaluated in brackets)"
+            ", stopped early enough to end within the default --time-limit (sub-networks "
+            "evaluated in brackets)"
             if any(r.get("evaluated") for r in records)
             else ""
         )

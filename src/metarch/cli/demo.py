@@ -28,6 +28,7 @@ from metarch.engine.search import (
     validation_tasks,
 )
 from metarch.engine.trainer import Trainer
+from metarch.models.cost import count_parameters
 from metarch.reports.episodes import save_episode_grid
 from metarch.utils.io import atomic_write_text, display_path
 
@@ -279,7 +280,7 @@ def _search_budgets(console: Console, root: Path, run: Path, steps: int, episode
             episodes=episodes,
             inputs=trained.inputs,
         )
-        parameters = sum(p.numel() for p in network.parameters())
+        parameters = count_parameters(network)
         rows.append(
             {
                 "budget_ms": budget,
