@@ -740,9 +740,7 @@ def hmetanas_table(
     benchmark run on a ``supernet-pretraining`` run)."""
     spec = report["baseline"]
     label = spec["label"]
-    rows = [r for r in baselines["rows"] if r.get("task") == label and "note" not in r]
-    baseline = next((r for r in rows if r["config"] == spec["config"]), None)
-    best = max(rows, key=lambda r: r["accuracy"], default=None)
+    baseline, best = _manual_baselines(report, baselines)
     references = report["references"]
     lines = [
         f"H-Meta-NAS run `{report['run']}` ({report['steps']} meta-training steps"
@@ -790,6 +788,15 @@ def hmetanas_table(
         "```",
     ]
     return lines
+
+
+def _manual_baselines(report: Table, baselines: Table) -> tuple[Table | None, Table | None]:
+    """The report's manual baseline (same learner) and the best manual network of its task,
+    from the published JSON ``baselines`` holds."""
+    spec = report["baseline"]
+    rows = [r for r in baselines["rows"] if r.get("task") == spec["label"] and "note" not in r]
+    baseline = next((r for r in rows if r["config"] == spec["config"]), None)
+    return baseline, max(rows, key=lambda r: r["accuracy"], default=None)
 
 
 def hmetanas_local_devices(report: Table, baseline: Table | None) -> list[str]:
@@ -965,23 +972,7 @@ def hmetanas_targets(report: Table, baseline: Table, best: Table | None = None) 
         "|---|---|---|---|---|",
     ]
     for device, result in report["devices"].items():
-        cells = []
-        for fraction, check in ((0.4, _at_least), (1.0, _above)):
-            rows = [
-                r
-                for r in result["rows"]
-                if r["sampler"] == "evolution"
-                and "accuracy" in r
-                and r["measured_ms"] <= fraction * result["baseline_ms"]
-            ]
-            chosen = max(rows, key=lambda r: r["accuracy"], default=None)
-            if chosen is None:
-                cells += ["none measured within", "no"]
-            else:
-                met = check(chosen, baseline)
-                ratio = chosen["measured_ms"] / result["baseline_ms"]
-                cells += [f"{_percent(chosen)} at {ratio:.2f}x", "yes" if met else "no"]
-        lines.append(f"| {device} | " + " | ".join(cells) + " |")
+        lines.append(f"| {device} | " + " | ".join(_target_cells(result, baseline)) + " |")
     if best is not None and best is not baseline:
         tested = [r for d in report["devices"].values() for r in d["rows"] if "accuracy" in r]
         tested += [{"architecture": name} | r for name, r in report["references"].items()]
@@ -993,6 +984,57 @@ def hmetanas_targets(report: Table, baseline: Table, best: Table | None = None) 
             f"(`{best['config']}`, {_percent(best)}): the most accurate network tested here, "
             f"`{_cell(top['architecture'])}` ({_percent(top)}), is {verdict}, at any latency.",
         ]
+    return lines
+
+
+def _target_cells(result: Table, baseline: Table) -> list[str]:
+    """One device's target cells: the most accurate evolution choice measured within 0.4x
+    the baseline's latency and whether it is at least as accurate, then within 1x and
+    whether it is more accurate beyond both CIs."""
+    cells = []
+    for fraction, check in ((0.4, _at_least), (1.0, _above)):
+        rows = [
+            r
+            for r in result["rows"]
+            if r["sampler"] == "evolution"
+            and "accuracy" in r
+            and r["measured_ms"] <= fraction * result["baseline_ms"]
+        ]
+        chosen = max(rows, key=lambda r: r["accuracy"], default=None)
+        if chosen is None:
+            cells += ["none measured within", "no"]
+        else:
+            ratio = chosen["measured_ms"] / result["baseline_ms"]
+            met = "yes" if check(chosen, baseline) else "no"
+            cells += [f"{_percent(chosen)} at {ratio:.2f}x", met]
+    return cells
+
+
+def hmetanas_summary(omniglot: Table, tiny: Table, *reports: Table) -> list[str]:
+    """The issue's target over every data set and local device in one table, with the
+    space's latency floor (its smallest sub-network, measured) that bounds the 0.4x half."""
+    published = {"omniglot.json": omniglot, "tiny_imagenet_fs.json": tiny}
+    lines = [
+        "The target over every data set and local device (evolution search; test accuracy, "
+        "latency as measured on a quiet machine, as fractions of the manual baseline's on "
+        "the same device). The smallest sub-network column is the space's latency floor: "
+        "where it is above 0.4x, no sub-network can meet the first half.",
+        "",
+        "| task | run | manual baseline | device | smallest sub-network | best at <= 0.4x "
+        "| met | best at <= 1x | met |",
+        "|---|---|---|---|---:|---|---|---|---|",
+    ]
+    for report in reports:
+        baseline, _ = _manual_baselines(report, published[report["baseline"]["results"]])
+        if baseline is None:
+            continue
+        for device, result in report["devices"].items():
+            smallest = result["references_ms"].get("smallest")
+            floor = "" if smallest is None else f"{smallest / result['baseline_ms']:.2f}x"
+            lines.append(
+                f"| {report['task']} | `{report['run']}` | {_percent(baseline)} | {device} | "
+                f"{floor} | " + " | ".join(_target_cells(result, baseline)) + " |"
+            )
     return lines
 
 
@@ -1150,6 +1192,17 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "hmetanas-omniglot-within-20w1s-pretraining.json",
         ),
         hmetanas_table,
+    ),
+    "hmetanas-summary": (
+        (
+            "omniglot.json",
+            "tiny_imagenet_fs.json",
+            "hmetanas-omniglot-20w1s.json",
+            "hmetanas-omniglot-within-20w1s.json",
+            "hmetanas-tiny-5w1s.json",
+            "hmetanas-tiny-5w5s.json",
+        ),
+        hmetanas_summary,
     ),
 }
 

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -203,7 +204,8 @@ def _hmetanas_row(fraction: float, accuracy: float, measured_ms: float) -> dict[
     }
 
 
-def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
+def _hmetanas_report() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A hand-made report of two devices, and the baselines it is judged against."""
     baselines = {
         "rows": [
             {"config": "base", "task": "20-way 1-shot", "accuracy": 78.0, "ci95": 0.4,
@@ -232,6 +234,11 @@ def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
         "command": "python benchmarks/hmetanas.py",
         "figure": "hmetanas-omniglot-20w1s_fronts.png",
     }  # fmt: skip
+    return report, baselines
+
+
+def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
+    report, baselines = _hmetanas_report()
     text = "\n".join(_tables().hmetanas_table(report, baselines))
     assert "| fast | 77.50 ± 0.50 % at 0.39x | yes | 80.00 ± 0.50 % at 0.90x | yes |" in text
     assert "| slow | none measured within | no | 78.60 ± 0.50 % at 0.45x | no |" in text
@@ -241,6 +248,19 @@ def test_hmetanas_renderer_judges_the_target_by_measured_latency() -> None:
         "`e1\\|k3w1\\|k3w1\\|k3w1\\|k3w1` (80.00 ± 0.50 %), is below it, at any latency." in text
     )
     assert "1200" not in text and "20 min to meta-train one baseline" in text
+
+
+def test_hmetanas_summary_judges_every_report_against_its_own_baseline() -> None:
+    report, baselines = _hmetanas_report()
+    report["baseline"] = {**report["baseline"], "results": "omniglot.json"}
+    lines = _tables().hmetanas_summary(baselines, {"rows": []}, report)
+    rows = [line for line in lines if line.startswith("| omniglot-20w1s")]
+    assert rows == [
+        "| omniglot-20w1s | `runs/x` | 78.00 ± 0.40 % | fast | 0.30x | "
+        "77.50 ± 0.50 % at 0.39x | yes | 80.00 ± 0.50 % at 0.90x | yes |",
+        "| omniglot-20w1s | `runs/x` | 78.00 ± 0.40 % | slow | 0.30x | "
+        "none measured within | no | 78.60 ± 0.50 % at 0.45x | no |",
+    ]
 
 
 def test_hmetanas_renderer_reports_the_adapt_command_per_stage_and_its_failures() -> None:
