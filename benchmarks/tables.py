@@ -1158,6 +1158,14 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         ),
         hmetanas_table,
     ),
+    "hmetanas-tiny-5w1s-strided": (
+        (
+            "hmetanas-tiny-5w1s-strided.json",
+            "tiny_imagenet_fs.json",
+            "metanas.json",
+        ),
+        hmetanas_table,
+    ),
     "hmetanas-tiny-5w5s": (
         (
             "hmetanas-tiny-5w5s.json",
@@ -1200,6 +1208,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "hmetanas-omniglot-20w1s.json",
             "hmetanas-omniglot-within-20w1s.json",
             "hmetanas-tiny-5w1s.json",
+            "hmetanas-tiny-5w1s-strided.json",
             "hmetanas-tiny-5w5s.json",
         ),
         hmetanas_summary,
