@@ -304,12 +304,13 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         assert (config.episodes.ways, config.episodes.shots) == (task_ways, 15)
         return
     if path.stem.startswith("tiny-imagenet-fs-"):
-        # tiny-imagenet-fs-<method>-<backbone>-5w<K>s: validated and tested 5-way K-shot on
-        # the frozen class split, 3-channel normalised images.
+        # tiny-imagenet-fs-<method>-<backbone>[-<variant>]-5w<K>s: validated and tested 5-way
+        # K-shot on the frozen class split, 3-channel normalised images.
         # Supernet learners name their space.
         method = config.method.name
         assert path.stem.startswith(f"tiny-imagenet-fs-{method}-")
-        backbone, task = path.stem.removeprefix(f"tiny-imagenet-fs-{method}-").rsplit("-", 1)
+        named, task = path.stem.removeprefix(f"tiny-imagenet-fs-{method}-").rsplit("-", 1)
+        backbone = named.split("-")[0]
         supernets = {"elastic": "elastic-conv-supernet", "nb201": "nasbench201-supernet"}
         assert config.model.name.removesuffix("-strided") == supernets.get(backbone, backbone)
         shots = int(task.split("w")[1].rstrip("s"))
