@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -22,7 +23,8 @@ from metarch.hardware.devices import (
     create_device,
 )
 from metarch.hardware.lut import LayerLatencyTable
-from metarch.hardware.onnx import export_onnx, max_abs_difference
+from metarch.hardware.onnx import OnnxError, export_onnx, export_onnx_many, max_abs_difference
+from metarch.models.norm import MetaBatchNorm2d
 from metarch.nas import create_space
 from tests.clitools import run_cli
 
@@ -102,6 +104,45 @@ def test_the_onnx_model_computes_what_pytorch_does() -> None:
     exported = export_onnx(model, (3, 16, 16))
     x = torch.rand(2, 3, 16, 16)
     assert max_abs_difference(model, exported, x) < 1e-4
+
+
+def test_meta_batch_norms_export_folded_into_their_convolutions() -> None:
+    # MetaBatchNorm2d slices its statistics by the input's width; exported as it is, the
+    # tracer kept that shape arithmetic and the batch norm (35 nodes for one layer).
+    space = create_space("elastic-conv", channels=4, max_depth=2, image_size=16)
+    model = space.build(space.largest(), num_classes=5)
+    assert any(isinstance(m, MetaBatchNorm2d) for m in model.modules())
+    graph = onnx.load_model_from_string(export_onnx(model, (3, 16, 16))).graph
+    operations = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in operations
+    assert "Shape" not in operations
+    assert "Conv" in operations
+
+
+def test_modules_exported_together_are_the_modules_exported_alone() -> None:
+    space = create_space("elastic-conv", channels=4, max_depth=2, image_size=16)
+    layers = space.layer_catalogue()[:5] + space.layer_catalogue()[-3:]
+    modules = [(layer.build(), layer.input_shape) for layer in layers]
+    together = export_onnx_many(modules)
+    assert len(together) == len(modules)
+    for (module, shape), model in zip(modules, together, strict=True):
+        graph = onnx.load_model_from_string(model).graph
+        assert [v.name for v in graph.input] == ["input"]
+        assert [v.name for v in graph.output] == ["output"]
+        alone = onnx.load_model_from_string(export_onnx(module, shape)).graph
+        assert [n.op_type for n in graph.node] == [n.op_type for n in alone.node]
+        x = torch.rand(3, *shape)  # the batch stays free
+        assert max_abs_difference(module, model, x) < 1e-4
+
+
+def test_a_module_that_cannot_be_exported_is_named_among_many() -> None:
+    class Unexportable(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            singular: torch.Tensor = torch.linalg.svd(x).S
+            return singular
+
+    with pytest.raises(OnnxError, match="cannot export Unexportable to ONNX"):
+        export_onnx_many([(network(), (3, 16, 16)), (Unexportable(), (3, 16, 16))])
 
 
 def test_the_cli_lists_devices_profiles_and_checks(

@@ -18,6 +18,7 @@ from metarch.models.norm import (
     apply_recorded_statistics,
     batch_norm_context,
     name_norm_layers,
+    with_plain_batch_norms,
 )
 
 CHANNELS = 3
@@ -57,6 +58,29 @@ class _Net(nn.Module):
 
 
 # -- without a context: exactly nn.BatchNorm2d ---------------------------------------------
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_plain_copy_computes_what_the_layers_do_and_leaves_them_as_they_were(
+    training: bool,
+) -> None:
+    net = _Net(steps=2, per_step=True)
+    layer = net.body[1]
+    assert isinstance(layer, MetaBatchNorm2d)
+    _randomise(layer)
+    net.train(training)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    plain = with_plain_batch_norms(net)
+    x = _inputs(4, CHANNELS, 5, 5)
+    out = plain(x)
+    assert isinstance(net.body[1], MetaBatchNorm2d)  # the original is untouched
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    torch.testing.assert_close(out, net(x))
+    assert isinstance(plain, _Net) and isinstance(plain.body[1], nn.BatchNorm2d)
+    assert plain.training is training
+    assert not any(isinstance(m, MetaBatchNorm2d) for m in plain.modules())
+    assert isinstance(with_plain_batch_norms(layer), nn.BatchNorm2d)
 
 
 @pytest.mark.parametrize("per_step", [False, True])

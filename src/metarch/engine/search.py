@@ -30,6 +30,7 @@ from metarch.engine.evaluate import TrainedModel
 from metarch.errors import ConfigError
 from metarch.hardware.devices import LOCAL_DEVICES, LocalDevice, Measurement, create_device
 from metarch.hardware.lut import LayerLatencyTable, profile_layers
+from metarch.hardware.onnx import EXPORT_REVISION
 from metarch.hardware.predictors import DeviceTableModel, LatencyModel, LayerTableModel
 from metarch.hardware.tables import DeviceLatencyTable
 from metarch.models.cost import count_parameters, flops_per_image
@@ -171,7 +172,13 @@ def device_latency(
     local.check_available()
     how = Measurement(warmup=5, repeats=10, rounds=3)
     key = json.dumps(
-        [space.registered_name, space.settings(), local.describe(), local.fingerprint()["cpu"]],
+        [
+            space.registered_name,
+            space.settings(),
+            local.describe(),
+            local.fingerprint()["cpu"],
+            EXPORT_REVISION,
+        ],
         sort_keys=True,
     )
     path = (cache or _cache_root()) / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "apply_recorded_statistics",
     "batch_norm_context",
     "name_norm_layers",
+    "with_plain_batch_norms",
 ]
 
 
@@ -221,6 +223,17 @@ class MetaBatchNorm2d(nn.Module):
         return x * scale[None, :, None, None] + shift[None, :, None, None]
 
     @torch.no_grad()
+    def to_batch_norm(self) -> nn.BatchNorm2d:
+        """The ``nn.BatchNorm2d`` this layer equals outside of a context (slot 0)."""
+        plain = nn.BatchNorm2d(self.channels, eps=self.eps, momentum=self.momentum)
+        plain.weight.copy_(self.weight[0])
+        plain.bias.copy_(self.bias[0])
+        plain.running_mean.copy_(self.running_mean[0])  # type: ignore[union-attr]
+        plain.running_var.copy_(self.running_var[0])  # type: ignore[union-attr]
+        plain.train(self.training)
+        return plain.to(self.weight.device)
+
+    @torch.no_grad()
     def update_running_statistics(self, slot: int, mean: Tensor, var: Tensor) -> None:
         """Fold batch statistics (averaged over tasks) into the running buffers of ``slot``.
 
@@ -236,6 +249,26 @@ def name_norm_layers(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, MetaBatchNorm2d):
             module.qualified_name = name
+
+
+def with_plain_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of ``model``, its :class:`MetaBatchNorm2d` layers as plain ``nn.BatchNorm2d``.
+
+    Each is the ``nn.BatchNorm2d`` it equals outside of a context (slot 0). For exporters:
+    the layer slices its statistics by the input's width, which a tracer records as shape
+    arithmetic that cannot be folded (35 ONNX nodes for a convolution, batch norm and ReLU,
+    the batch norm left unfused), where ``nn.BatchNorm2d`` folds into the convolution (3
+    nodes). A layer fed fewer channels than it has (a supernet run narrower) has no plain
+    equal: the copy then fails on that input.
+    """
+    if isinstance(model, MetaBatchNorm2d):
+        return model.to_batch_norm()
+    plain = deepcopy(model)
+    for module in list(plain.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, MetaBatchNorm2d):
+                setattr(module, name, child.to_batch_norm())
+    return plain
 
 
 def _norm_layers(model: nn.Module) -> dict[str, MetaBatchNorm2d]:

@@ -141,6 +141,16 @@ class LocalDevice(ABC):
         and gives its :class:`Runner`; leaving it puts the module back as it was.
         """
 
+    def runners(
+        self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], batch: int
+    ) -> list[AbstractContextManager[Runner]]:
+        """The :meth:`runner` of each ``(module, input_shape)``, not yet entered.
+
+        A runtime that prepares many modules faster together than one by one (one
+        export, a pool of compilers) overrides this.
+        """
+        return [self.runner(module, shape, batch) for module, shape in modules]
+
     def measure(
         self, module: nn.Module, input_shape: tuple[int, ...], how: Measurement | None = None
     ) -> Timing:
@@ -170,10 +180,7 @@ class LocalDevice(ABC):
         best: list[Timing | None] = [None] * len(modules)
         total = how.rounds * len(modules)
         with ExitStack() as stack:
-            runners = [
-                stack.enter_context(self.runner(module, shape, how.batch))
-                for module, shape in modules
-            ]
+            runners = [stack.enter_context(r) for r in self.runners(modules, how.batch)]
             for round_index in range(how.rounds):
                 for index, runner in enumerate(runners):
                     timing = time_calls(
