@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from metarch.engine.checkpoint import load_checkpoint
 from metarch.engine.config import load_config
+from metarch.engine.evaluate import load_trained_learner
 from metarch.engine.trainer import Trainer, TrainingError
 from metarch.errors import ConfigError, DataError
 from tests.fixtures import write_omniglot_set, write_small_omniglot
@@ -382,3 +384,52 @@ def test_configs_name_registered_components_in_a_fresh_interpreter() -> None:
     code = f"from metarch.engine.config import load_config; load_config({str(config)!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_starts_from_another_runs_backbone_and_then_stands_alone(
+    tmp_path: Path, data_root: Path
+) -> None:
+    source = tmp_path / "protonet"
+    train(write_config(tmp_path / "p.yaml", "protonet"), source, data_root)
+    saved = load_checkpoint(source / "best.json").model_state
+    config = write_config(
+        tmp_path / "m.yaml", "maml", model={"name": "conv4", "options": {"hidden": 8}}
+    )
+    trainer = Trainer(
+        load_config(config, [f"model.init={source}"]), tmp_path / "m", data_root=data_root
+    )
+    learner = trainer.learner.state_dict()
+    backbone = [key for key in learner if key.startswith("model.backbone.")]
+    assert backbone
+    for key in backbone:  # the protonet's model is its backbone
+        torch.testing.assert_close(
+            learner[key], saved["model." + key.removeprefix("model.backbone.")]
+        )
+    fresh = Trainer(load_config(config), tmp_path / "fresh", data_root=data_root)
+    torch.testing.assert_close(
+        learner["model.head.weight"], fresh.learner.state_dict()["model.head.weight"]
+    )
+    fresh.close()
+    trainer.run()
+    # The run's weights are its own: resuming and evaluating never read the source again.
+    shutil.rmtree(source)
+    train(config, tmp_path / "m", data_root, f"model.init={source}", "steps=8", resume=True)
+    assert load_checkpoint(tmp_path / "m" / "last.json").step == 8
+    assert load_trained_learner(tmp_path / "m", "last").step == 8
+
+
+def test_a_backbone_of_another_model_or_no_run_is_refused(tmp_path: Path, data_root: Path) -> None:
+    source = tmp_path / "protonet"
+    train(write_config(tmp_path / "p.yaml", "protonet"), source, data_root)
+    wider = write_config(
+        tmp_path / "m.yaml", "maml", model={"name": "conv4", "options": {"hidden": 16}}
+    )
+    with pytest.raises(ConfigError, match=r"holds no backbone like this config's \(model conv4"):
+        Trainer(load_config(wider, [f"model.init={source}"]), tmp_path / "m", data_root=data_root)
+    with pytest.raises(ConfigError, match=r"model\.init: "):
+        Trainer(
+            load_config(wider, [f"model.init={tmp_path / 'nowhere'}"]),
+            tmp_path / "n",
+            data_root=data_root,
+        )
+    assert not (tmp_path / "m").exists() and not (tmp_path / "n").exists()

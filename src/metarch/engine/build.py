@@ -8,21 +8,22 @@ inputs, so the trainer only trains and evaluation rebuilds exactly what was trai
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metarch.data.normalize import ChannelNormalization
-from metarch.engine.checkpoint import CheckpointError
+from metarch.engine.checkpoint import CheckpointError, load_checkpoint
 from metarch.engine.config import TrainConfig
 from metarch.errors import ConfigError
 from metarch.meta.base import META_LEARNERS, MetaLearner
 from metarch.models.registry import MODELS, FewShotClassifier, create_model
 
-__all__ = ["ModelInputs", "build_learner"]
+__all__ = ["ModelInputs", "build_learner", "load_backbone"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,15 @@ class ModelInputs:
         )
 
 
-def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> MetaLearner:
+def build_learner(
+    config: TrainConfig, image_shape: tuple[int, int, int], *, initialise: bool = False
+) -> MetaLearner:
     """The meta-learner a config describes, initialised from ``config.seed``.
 
     Everything is built from the config's validated options (``inner_lr: "1e-3"`` arrives
-    as the float ``0.001``).
+    as the float ``0.001``). With ``initialise``, a backbone named by ``model.init`` is
+    loaded into it (a run's start; never on resume or evaluation, whose weights come from
+    the run's own checkpoint).
 
     Raises:
         ConfigError: For options the config accepts one by one but a constructor rejects
@@ -84,6 +89,8 @@ def build_learner(config: TrainConfig, image_shape: tuple[int, int, int]) -> Met
         options.setdefault("image_size", image_shape[1])
     with _options_of("model"):
         backbone = create_model(config.model.name, **options)
+    if initialise and config.model.init is not None:
+        load_backbone(backbone, Path(config.model.init), config)
     if config.model.channels_last:
         # Weights in NHWC make oneDNN choose NHWC kernels for every convolution they meet.
         for parameter in backbone.parameters():
@@ -104,3 +111,56 @@ def _options_of(section: str) -> Iterator[None]:
         yield
     except ValueError as exc:
         raise ConfigError(f"{section}.options: {exc}") from exc
+
+
+def load_backbone(backbone: nn.Module, source: Path, config: TrainConfig) -> None:
+    """Load the backbone of a trained run (``model.init``) into ``backbone``.
+
+    ``source`` is a run directory (its ``best`` checkpoint, else ``last``) or a
+    checkpoint's sidecar. The source's backbone is found inside whatever learner trained
+    it (a classifier's ``backbone``, a prototypical network's model, a supernet's), by
+    the names and shapes of ``backbone``'s own tensors: every one must be there.
+
+    Raises:
+        ConfigError: A missing source, or one whose backbone is not ``backbone``'s.
+    """
+    sidecar = source
+    if source.is_dir():
+        sidecar = source / "best.json"
+        if not sidecar.exists():
+            sidecar = source / "last.json"
+    try:
+        checkpoint = load_checkpoint(sidecar)
+    except CheckpointError as exc:
+        raise ConfigError(f"model.init: {exc}") from None
+    wanted = backbone.state_dict()
+    prefix = _backbone_prefix(wanted, checkpoint.model_state)
+    if prefix is None:
+        trained = checkpoint.config.get("model", {})
+        raise ConfigError(
+            f"model.init: {sidecar} holds no backbone like this config's (model "
+            f"{config.model.name} {config.model.options}); it trained model "
+            f"{trained.get('name')} {trained.get('options')}. Start from a run of the same "
+            "model and options"
+        )
+    with torch.no_grad():
+        backbone.load_state_dict({key: checkpoint.model_state[prefix + key] for key in wanted})
+
+
+def _backbone_prefix(wanted: Mapping[str, Tensor], saved: Mapping[str, Tensor]) -> str | None:
+    """The prefix under which ``saved`` holds every tensor of ``wanted``, shapes equal."""
+    if not wanted:
+        return None
+    first = next(iter(wanted))
+    candidates = [
+        key[: -len(first)]
+        for key in saved
+        if key.endswith(first) and (len(key) == len(first) or key[-len(first) - 1] == ".")
+    ]
+    for prefix in sorted(candidates, key=len):
+        if all(
+            prefix + key in saved and saved[prefix + key].shape == tensor.shape
+            for key, tensor in wanted.items()
+        ):
+            return prefix
+    return None

@@ -175,6 +175,10 @@ class ModelConfig(_Registered):
         channels_last: Keep convolution weights in channels-last (NHWC) memory, which
             oneDNN runs faster on CPUs (about 1.4x for Conv-4 training on 2 cores); the
             numbers computed are the same up to float rounding.
+        init: Start the backbone from another run's trained one: its run directory (its
+            ``best`` checkpoint) or a checkpoint's sidecar (``last.json``). The backbones
+            must be the same; the classifier head and everything else start afresh. Read
+            when a run starts, never on resume or evaluation.
     """
 
     _key: ClassVar[str] = "model"
@@ -184,6 +188,7 @@ class ModelConfig(_Registered):
     name: str = "conv4"
     options: dict[str, Any] = Field(default_factory=dict)
     channels_last: bool = False
+    init: str | None = None
 
 
 def _registered_name(key: str, registry: Registry[Any], name: str) -> str:

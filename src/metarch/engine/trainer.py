@@ -186,7 +186,7 @@ class Trainer:
                 within_group=val_shape.within_alphabet,
                 normalize=self.inputs.normalization,
             )
-        self.learner = build_learner(config, self.inputs.shape)
+        self.learner = build_learner(config, self.inputs.shape, initialise=not resume)
         self.optimizer = self._make_optimizer()
         self.start_step = 0
         # The last step trained (by this process or, resumed, before it).
