@@ -1166,6 +1166,15 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         ),
         hmetanas_table,
     ),
+    "hmetanas-tiny-5w1s-pretrained": (
+        (
+            "hmetanas-tiny-5w1s-pretrained.json",
+            "tiny_imagenet_fs.json",
+            "metanas.json",
+            "hmetanas-tiny-5w1s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
     "hmetanas-tiny-5w5s": (
         (
             "hmetanas-tiny-5w5s.json",
@@ -1201,14 +1210,35 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         ),
         hmetanas_table,
     ),
+    "hmetanas-omniglot-20w1s-pretrained": (
+        (
+            "hmetanas-omniglot-20w1s-pretrained.json",
+            "omniglot.json",
+            "metanas.json",
+            "hmetanas-omniglot-20w1s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
+    "hmetanas-omniglot-within-20w1s-pretrained": (
+        (
+            "hmetanas-omniglot-within-20w1s-pretrained.json",
+            "omniglot.json",
+            "metanas.json",
+            "hmetanas-omniglot-within-20w1s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
     "hmetanas-summary": (
         (
             "omniglot.json",
             "tiny_imagenet_fs.json",
             "hmetanas-omniglot-20w1s.json",
+            "hmetanas-omniglot-20w1s-pretrained.json",
             "hmetanas-omniglot-within-20w1s.json",
+            "hmetanas-omniglot-within-20w1s-pretrained.json",
             "hmetanas-tiny-5w1s.json",
             "hmetanas-tiny-5w1s-strided.json",
+            "hmetanas-tiny-5w1s-pretrained.json",
             "hmetanas-tiny-5w5s.json",
         ),
         hmetanas_summary,
