@@ -1184,6 +1184,15 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
         ),
         hmetanas_table,
     ),
+    "hmetanas-tiny-5w5s-pretrained": (
+        (
+            "hmetanas-tiny-5w5s-pretrained.json",
+            "tiny_imagenet_fs.json",
+            "metanas.json",
+            "hmetanas-tiny-5w5s-pretraining.json",
+        ),
+        hmetanas_table,
+    ),
     "hmetanas-tiny-5w1s-nb201": (
         (
             "hmetanas-tiny-5w1s-nb201.json",
@@ -1240,6 +1249,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], Renderer]] = {
             "hmetanas-tiny-5w1s-strided.json",
             "hmetanas-tiny-5w1s-pretrained.json",
             "hmetanas-tiny-5w5s.json",
+            "hmetanas-tiny-5w5s-pretrained.json",
         ),
         hmetanas_summary,
     ),
