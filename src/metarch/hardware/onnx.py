@@ -48,7 +48,14 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], batch: int = 1)
     ``torch.export`` one, but exports our networks in milliseconds where the new one takes
     seconds (profiling exports every layer of a space), and needs no ``onnxscript``.
     """
-    return _export([(module, input_shape)], batch)[0]
+    return _trace(
+        with_plain_batch_norms(module),
+        [input_shape],
+        batch,
+        ["input"],
+        ["output"],
+        type(module).__name__,
+    )
 
 
 def export_onnx_many(
@@ -62,13 +69,22 @@ def export_onnx_many(
     share parameters. If the joint export fails, each module is exported alone, so the
     error names the one that cannot be.
     """
-    if len(modules) <= 1:
-        return _export(modules, batch)
-    try:
-        joint = onnx.load_model_from_string(_export(modules, batch, joint=True)[0])
-        return [_split(joint, index) for index in range(len(modules))]
-    except OnnxError:
-        return [_export([pair], batch)[0] for pair in modules]
+    if len(modules) > 1:
+        count = len(modules)
+        side_by_side = _SideBySide([with_plain_batch_norms(module) for module, _ in modules])
+        try:
+            joint = _trace(
+                side_by_side,
+                [shape for _, shape in modules],
+                batch,
+                [f"input{index}" for index in range(count)],
+                [f"output{index}" for index in range(count)],
+                "modules",
+            )
+            return _split(onnx.load_model_from_string(joint), count)
+        except OnnxError:
+            pass
+    return [export_onnx(module, shape, batch) for module, shape in modules]
 
 
 class _SideBySide(nn.Module):
@@ -82,18 +98,15 @@ class _SideBySide(nn.Module):
         return tuple(part(x) for part, x in zip(self.parts, inputs, strict=True))
 
 
-def _export(
-    modules: Sequence[tuple[nn.Module, tuple[int, ...]]], batch: int, *, joint: bool = False
-) -> list[bytes]:
-    """One model per module; with ``joint``, one model of all (inputs ``input<i>``, ...)."""
-    if not joint and len(modules) != 1:
-        return [_export([pair], batch)[0] for pair in modules]
-    if joint:
-        network: nn.Module = _SideBySide([with_plain_batch_norms(m) for m, _ in modules])
-        inputs = [f"input{index}" for index in range(len(modules))]
-        outputs = [f"output{index}" for index in range(len(modules))]
-    else:
-        network, inputs, outputs = with_plain_batch_norms(modules[0][0]), ["input"], ["output"]
+def _trace(
+    network: nn.Module,
+    shapes: Sequence[tuple[int, ...]],
+    batch: int,
+    inputs: list[str],
+    outputs: list[str],
+    what: str,
+) -> bytes:
+    """The ONNX model of ``network`` (a copy of the caller's: left in eval mode)."""
     network.eval()
     try:
         with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings(), torch.no_grad():
@@ -101,7 +114,7 @@ def _export(
             path = Path(folder) / "model.onnx"
             torch.onnx.export(
                 network,
-                tuple(torch.rand(batch, *shape) for _, shape in modules),
+                tuple(torch.rand(batch, *shape) for shape in shapes),
                 path,
                 input_names=inputs,
                 output_names=outputs,
@@ -109,62 +122,64 @@ def _export(
                 opset_version=OPSET,
                 dynamo=False,
             )
-            return [path.read_bytes()]
+            return path.read_bytes()
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        what = "modules" if joint else type(modules[0][0]).__name__
         raise OnnxError(f"cannot export {what} to ONNX: {exc}") from exc
 
 
-def _split(joint: onnx.ModelProto, index: int) -> bytes:
-    """The part of a :class:`_SideBySide` export that computes output ``index``.
+def _split(joint: onnx.ModelProto, count: int) -> list[bytes]:
+    """The ``count`` parts of a :class:`_SideBySide` export, one model per output.
 
-    Its nodes are those the output depends on (in the joint graph's order, which is
-    topological), with the initialisers they read; input and output are renamed
+    Each part's nodes are those its output depends on (in the joint graph's order, which
+    is topological), with the initialisers they read; its input and output are renamed
     ``input`` and ``output`` as :func:`export_onnx` names them.
     """
     graph = joint.graph
-    rename = {f"input{index}": "input", f"output{index}": "output"}
     producer = {name: node for node in graph.node for name in node.output}
-    needed: set[str] = {f"output{index}"}
-    kept: set[int] = set()
-    stack = [f"output{index}"]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or id(node) in kept:
-            continue
-        kept.add(id(node))
-        for name in node.input:
-            if name and name not in needed:
-                needed.add(name)
-                stack.append(name)
-    nodes = []
-    for node in graph.node:
-        if id(node) in kept:
-            part = onnx.NodeProto()
-            part.CopyFrom(node)
-            part.input[:] = [rename.get(name, name) for name in node.input]
-            part.output[:] = [rename.get(name, name) for name in node.output]
-            nodes.append(part)
-    given = [value for value in graph.input if value.name == f"input{index}"]
-    result = [value for value in graph.output if value.name == f"output{index}"]
-    if len(given) != 1 or len(result) != 1:  # e.g. a module whose output ignores its input
-        raise OnnxError(f"module {index} of a joint export has no input or output of its own")
-    model_input, model_output = onnx.ValueInfoProto(), onnx.ValueInfoProto()
-    model_input.CopyFrom(given[0])
-    model_input.name = "input"
-    model_output.CopyFrom(result[0])
-    model_output.name = "output"
-    part_graph = onnx.helper.make_graph(
-        nodes,
-        graph.name,
-        [model_input],
-        [model_output],
-        initializer=[tensor for tensor in graph.initializer if tensor.name in needed],
-    )
-    model = onnx.helper.make_model(part_graph, opset_imports=joint.opset_import)
-    model.ir_version = joint.ir_version
-    model.producer_name, model.producer_version = joint.producer_name, joint.producer_version
-    return bytes(model.SerializeToString())
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    given = {value.name: value for value in graph.input}
+    results = {value.name: value for value in graph.output}
+    parts = []
+    for index in range(count):
+        source, sink = f"input{index}", f"output{index}"
+        if source not in given or sink not in results:  # e.g. an output ignoring its input
+            raise OnnxError(f"module {index} of a joint export has no input or output of its own")
+        rename = {source: "input", sink: "output"}
+        needed, kept, stack = {sink}, set(), [sink]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in kept:
+                continue
+            kept.add(id(node))
+            fresh = [name for name in node.input if name and name not in needed]
+            needed.update(fresh)
+            stack.extend(fresh)
+        nodes = []
+        for node in graph.node:
+            if id(node) in kept:
+                part = onnx.NodeProto()
+                part.CopyFrom(node)
+                part.input[:] = [rename.get(name, name) for name in node.input]
+                part.output[:] = [rename.get(name, name) for name in node.output]
+                nodes.append(part)
+        model_input, model_output = onnx.ValueInfoProto(), onnx.ValueInfoProto()
+        model_input.CopyFrom(given[source])
+        model_input.name = "input"
+        model_output.CopyFrom(results[sink])
+        model_output.name = "output"
+        part_graph = onnx.helper.make_graph(
+            nodes,
+            graph.name,
+            [model_input],
+            [model_output],
+            initializer=[initializers[name] for name in sorted(needed) if name in initializers],
+        )
+        model = onnx.helper.make_model(part_graph, opset_imports=joint.opset_import)
+        model.ir_version = joint.ir_version
+        model.producer_name = joint.producer_name
+        model.producer_version = joint.producer_version
+        parts.append(bytes(model.SerializeToString()))
+    return parts
 
 
 def onnxruntime_session(model: bytes, threads: int = 1) -> Any:

@@ -13,7 +13,6 @@ from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from functools import partial
 
 import numpy as np
 from torch import nn
@@ -60,8 +59,8 @@ class _ThreadedRuntime(LocalDevice):
         return {**super().libraries(), self.package: _version(self.package) or "missing"}
 
     @abstractmethod
-    def load(self, model: bytes) -> Callable[[np.ndarray], object]:
-        """``model`` (ONNX) ready to run: a function of one input batch."""
+    def load(self, model: bytes, x: np.ndarray) -> Callable[[], object]:
+        """``model`` (ONNX) ready to run on the input batch ``x``: the call to time."""
 
     def runner(
         self, module: nn.Module, input_shape: tuple[int, ...], batch: int
@@ -72,15 +71,12 @@ class _ThreadedRuntime(LocalDevice):
         self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], batch: int
     ) -> list[AbstractContextManager[Runner]]:
         models = export_onnx_many(modules, batch)
+        rng = np.random.default_rng(0)
+        inputs = [rng.random((batch, *shape), np.float32) for _, shape in modules]
         workers = max(1, min(len(models), os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            loaded = list(pool.map(self.load, models))
-        rng = np.random.default_rng(0)
-        runners: list[AbstractContextManager[Runner]] = []
-        for run, (_, shape) in zip(loaded, modules, strict=True):
-            x = rng.random((batch, *shape), np.float32)
-            runners.append(nullcontext(Runner(partial(run, x))))
-        return runners
+            calls = list(pool.map(self.load, models, inputs))
+        return [nullcontext(Runner(call)) for call in calls]
 
 
 @LOCAL_DEVICES.register("onnxruntime-cpu")
@@ -94,9 +90,10 @@ class OnnxRuntimeCPU(_ThreadedRuntime):
     package = "onnxruntime"
     install = "pip install onnxruntime"
 
-    def load(self, model: bytes) -> Callable[[np.ndarray], object]:  # noqa: D102
+    def load(self, model: bytes, x: np.ndarray) -> Callable[[], object]:  # noqa: D102
         session = onnxruntime_session(model, self.threads)
-        return lambda x: session.run(None, {"input": x})
+        feed = {"input": x}
+        return lambda: session.run(None, feed)
 
 
 @LOCAL_DEVICES.register("openvino-cpu")
@@ -110,7 +107,7 @@ class OpenVINOCPU(_ThreadedRuntime):
     package = "openvino"
     install = "pip install 'metarch[openvino]'"
 
-    def load(self, model: bytes) -> Callable[[np.ndarray], object]:  # noqa: D102
+    def load(self, model: bytes, x: np.ndarray) -> Callable[[], object]:  # noqa: D102
         import openvino
 
         core = openvino.Core()
@@ -120,4 +117,4 @@ class OpenVINOCPU(_ThreadedRuntime):
             {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(self.threads)},
         )
         request = compiled.create_infer_request()
-        return lambda x: request.infer([x])
+        return lambda: request.infer([x])
